@@ -1,0 +1,256 @@
+"""Reading images of any kind as RGB, the unpaired trainA/trainB dataset and its transforms,
+and downloading the official CycleGAN datasets."""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DATASETS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
+DATASETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
+            "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes", "facades", "iphone2dslr_flower",
+            "ae_photos", "grumpifycat", "mini", "mini_pix2pix", "mini_colorization")
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
+
+
+class ImageError(ValueError):
+    """An image that cannot be read; the message names the file and what is wrong."""
+
+
+def load_rgb(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open any image (path or PIL) as 8-bit RGB: EXIF orientation applied, first frame of an
+    animation, transparency composited on white, 16-bit and float scaled, CMYK/palette converted."""
+    name = "image" if isinstance(source, Image.Image) else str(source)
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            image = Image.open(source)
+        if image.width * image.height > max_pixels:
+            raise ImageError(f"{name}: {image.width}x{image.height} is larger than the limit of {max_pixels:,} pixels")
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: cannot be decoded ({e})") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{name}: image has no pixels")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if image.mode == "F" and array.max() <= 1.0 else (257.0 if array.max() > 255 else 1.0)
+        array = array * 255.0 if scale == 255.0 else array / scale
+        image = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor (3, H, W) in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0)
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor (3, H, W) in [-1, 1] -> RGB PIL image."""
+    array = tensor.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), "RGB")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a folder, sorted; a missing or imageless folder is an error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{folder}: contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
+
+def _multiple_of_4(image: Image.Image) -> Image.Image:
+    w, h = max(4, round(image.width / 4) * 4), max(4, round(image.height / 4) * 4)
+    return image if (w, h) == image.size else image.resize((w, h), Image.BICUBIC)
+
+
+def _random_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    if image.width < size or image.height < size:  # too small to crop: enlarge, keeping the aspect
+        scale = size / min(image.width, image.height)
+        image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+                             Image.BICUBIC)
+    x, y = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
+    return image.crop((x, y, x + size, y + size))
+
+
+def transform(image: Image.Image, preprocess: str, load_size: int, crop_size: int, flip: bool,
+              rng: random.Random) -> torch.Tensor:
+    """The training augmentation of the authors' code: resize and/or random crop, random flip."""
+    if preprocess == "resize_and_crop":
+        image = _random_crop(image.resize((load_size, load_size), Image.BICUBIC), crop_size, rng)
+    elif preprocess == "crop":
+        image = _random_crop(image, crop_size, rng)
+    elif preprocess in ("scale_width", "scale_width_and_crop"):
+        height = max(1, round(image.height * load_size / image.width))
+        image = image.resize((load_size, height), Image.BICUBIC)
+        image = _random_crop(image, crop_size, rng) if preprocess == "scale_width_and_crop" else _multiple_of_4(image)
+    elif preprocess == "none":
+        image = _multiple_of_4(image)
+    else:
+        raise ValueError(f"preprocess={preprocess!r}: choose one of {', '.join(PREPROCESS)}")
+    if flip and rng.random() < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_tensor(image)
+
+
+class UnpairedDataset(Dataset):
+    """Images of `root/{phase}A` and `root/{phase}B`. Item i is the i-th A image with a B image
+    drawn at random; the draw and the augmentation depend only on (seed, epoch, i), so a resumed or
+    multi-worker run sees exactly the data an uninterrupted one does."""
+
+    def __init__(self, root: str | os.PathLike, phase: str = "train", preprocess: str = "resize_and_crop",
+                 load_size: int = 286, crop_size: int = 256, flip: bool = True, seed: int = 0) -> None:
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess={preprocess!r}: choose one of {', '.join(PREPROCESS)}")
+        self.files_A = list_images(Path(root) / f"{phase}A")
+        self.files_B = list_images(Path(root) / f"{phase}B")
+        self.preprocess, self.load_size, self.crop_size, self.flip = preprocess, load_size, crop_size, flip
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return max(len(self.files_A), len(self.files_B))
+
+    def _load(self, files: list[Path], index: int, rng: random.Random) -> torch.Tensor:
+        # An unreadable file is skipped with a warning naming it; the next file takes its place.
+        for k in range(len(files)):
+            path = files[(index + k) % len(files)]
+            try:
+                image = load_rgb(path)
+            except ImageError as e:
+                warnings.warn(f"skipping unreadable image {e}", stacklevel=2)
+                continue
+            return transform(image, self.preprocess, self.load_size, self.crop_size, self.flip, rng)
+        raise ImageError(f"{files[0].parent}: none of the {len(files)} images can be read")
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        real_A = self._load(self.files_A, index % len(self.files_A), rng)
+        real_B = self._load(self.files_B, rng.randrange(len(self.files_B)), rng)
+        return {"A": real_A, "B": real_B}
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles the dataset anew each epoch from (seed, epoch), splits it between the ranks of a
+    distributed run like DistributedSampler, and can start part-way through an epoch (resume)."""
+
+    def __init__(self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """`start` counts the indices of this rank already consumed in this epoch."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.length // self.world_size - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        per_rank = self.length // self.world_size  # drop the remainder so every rank steps in lockstep
+        mine = order[self.rank::self.world_size][:per_rank]
+        return iter(mine[self.start:].tolist())
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_url: str = DATASETS_URL,
+                     sha256: str | None = None) -> Path:
+    """Download and extract `{base_url}/{name}.zip` into `data_dir/name` and return that folder.
+
+    An extracted copy with trainA/ and trainB/ is reused. The download goes to a `.part` file that
+    a later call resumes (HTTP Range); the zip is checked (sha256 when given, CRC of every member)
+    before extraction, which happens in a temporary folder renamed into place at the end.
+    """
+    from tqdm.auto import tqdm
+
+    data_dir = Path(data_dir)
+    target = data_dir / name
+    if (target / "trainA").is_dir() and (target / "trainB").is_dir():
+        return target
+    if base_url == DATASETS_URL and name not in DATASETS:
+        raise ValueError(f"dataset {name!r} is not an official CycleGAN dataset: choose one of {', '.join(DATASETS)}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"{base_url.rstrip('/')}/{name}.zip"
+    archive, part = data_dir / f"{name}.zip", data_dir / f"{name}.zip.part"
+    if not archive.exists():
+        done = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+        try:
+            response = urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as e:
+            if e.code == 416:  # the .part file is already complete
+                response = None
+            else:
+                raise RuntimeError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise RuntimeError(f"cannot download {url}: {e.reason}") from None
+        if response is not None:
+            with response:
+                if done and response.status != 206:  # the server ignored Range: start again
+                    done = 0
+                total = response.headers.get("Content-Length")
+                total = int(total) + done if total else None
+                with open(part, "ab" if done else "wb") as f, tqdm(
+                        total=total, initial=done, unit="B", unit_scale=True, desc=f"{name}.zip") as bar:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+        os.replace(part, archive)
+    try:
+        if sha256 is not None:
+            digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+            if digest != sha256:
+                raise RuntimeError(f"{archive}: sha256 {digest} does not match the expected {sha256}")
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise RuntimeError(f"{archive}: member {bad} is corrupt")
+            tmp = data_dir / f".{name}.extracting"
+            shutil.rmtree(tmp, ignore_errors=True)
+            zf.extractall(tmp)
+    except zipfile.BadZipFile:
+        archive.unlink()
+        raise RuntimeError(f"{archive}: downloaded file is not a valid zip; it was removed, run again") from None
+    except RuntimeError:
+        archive.unlink()
+        raise
+    # The official zips hold a single folder NAME/; accept a zip with trainA/ at its top too.
+    inner = tmp / name if (tmp / name).is_dir() else tmp
+    if not (inner / "trainA").is_dir() or not (inner / "trainB").is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"{archive}: has no {name}/trainA and {name}/trainB folders")
+    os.replace(inner, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.unlink()
+    return target

@@ -1,0 +1,294 @@
+"""A CycleGAN as users see it: two generators and their config, saved as a model folder
+(config.json + model.safetensors + README.md) locally or on the Hugging Face Hub, and
+translating PIL images of any size."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .data import load_rgb, to_image, to_tensor
+from .networks import Discriminator, Generator, init_weights
+
+CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
+DIRECTIONS = ("A2B", "B2A")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the networks; saved in config.json and in checkpoints."""
+
+    ngf: int = 64
+    ndf: int = 64
+    n_blocks: int = 9
+    n_layers: int = 3
+    domain_A: str = "A"
+    domain_B: str = "B"
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [n for n in ("ngf", "n_blocks") if n not in d]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+        config = cls(**{k: v for k, v in d.items() if k in names})
+        for name in ("ngf", "ndf", "n_blocks", "n_layers"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "n_blocks" else 1):
+                raise ValueError(f"{source}: {name}={value!r} is not a valid size")
+        return config
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CycleGAN(nn.Module):
+    """G_AB translates domain A to B and G_BA back; D_A and D_B exist only when training."""
+
+    def __init__(self, config: ModelConfig | None = None, with_discriminators: bool = False,
+                 info: dict | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        # Training recipe, steps, dataset and measured metrics: carried into config.json and the card.
+        self.info: dict = dict(info or {})
+        c = self.config
+        self.G_AB = Generator(c.ngf, c.n_blocks)
+        self.G_BA = Generator(c.ngf, c.n_blocks)
+        if with_discriminators:
+            self.D_A = Discriminator(c.ndf, c.n_layers)
+            self.D_B = Discriminator(c.ndf, c.n_layers)
+
+    def init_weights(self, seed: int = 0) -> "CycleGAN":
+        generator = torch.Generator().manual_seed(seed)
+        for net in self.children():
+            init_weights(net, generator=generator)
+        return self
+
+    def generators(self, direction: str) -> tuple[Generator, Generator]:
+        """(G, F): the generator for `direction` and the one that maps back."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction={direction!r}: choose 'A2B' or 'B2A'")
+        return (self.G_AB, self.G_BA) if direction == "A2B" else (self.G_BA, self.G_AB)
+
+    # ---- the model folder -------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike, dtype: str = "float32") -> Path:
+        """Write config.json, model.safetensors (generators only) and a README.md model card."""
+        from safetensors.torch import save
+
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype={dtype!r}: choose float32, float16 or bfloat16")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{name}.{k}": v.detach().to("cpu", getattr(torch, dtype)).contiguous()
+                   for name in ("G_AB", "G_BA") for k, v in getattr(self, name).state_dict().items()}
+        config = {"model_type": "cyclegan", **asdict(self.config), **self.info}
+        _write_atomic(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "dtype": dtype}))
+        _write_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+        _write_atomic(directory / CARD_NAME, model_card(self.config, self.info).encode())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, revision: str | None = None,
+                        device: str | torch.device = "cpu", token: str | None = None) -> "CycleGAN":
+        """Load a model folder from a local path or a Hub repo id (cached; works offline once cached)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        config_path, weights_path = _resolve(source, revision, token)
+        try:
+            raw = json.loads(Path(config_path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{config_path}: expected a JSON object")
+        config = ModelConfig.from_dict(raw, source=str(config_path))
+        names = {f.name for f in dataclasses.fields(ModelConfig)} | {"model_type"}
+        model = cls(config, info={k: v for k, v in raw.items() if k not in names})
+        try:
+            tensors = load_file(weights_path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{weights_path}: cannot be read as safetensors ({e})") from None
+        state = {k: v.float() for k, v in tensors.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())
+            raise ValueError(f"{weights_path}: does not match {config_path} ({detail[:400]})") from None
+        return model.to(device).eval()
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    dtype: str = "float16", commit_message: str = "Upload CycleGAN") -> str:
+        """Upload the model folder to the Hub; returns the URL of the commit."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, dtype=dtype)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
+
+    # ---- translation --------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _run(self, net: Generator, x: torch.Tensor, max_side: int | None, large: str, tile: int,
+             overlap: int) -> torch.Tensor:
+        """Apply `net` to a batch of one image (1, 3, H, W) of any size and return the same size."""
+        h, w = x.shape[-2:]
+        if max_side is not None and max(h, w) > max_side:
+            if large == "downscale":
+                scale = max_side / max(h, w)
+                small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                      mode="bicubic", align_corners=False, antialias=True)
+                y = self._run(net, small, None, large, tile, overlap)
+                return F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+            if large == "tile":
+                return run_tiled(net, x, tile, overlap)
+            raise ValueError(f"large={large!r}: choose 'tile' or 'downscale'")
+        return run_padded(net, x)
+
+    def _prepare(self, image) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return to_tensor(load_rgb(image)).unsqueeze(0).to(device)
+
+    def translate(self, image, direction: str = "A2B", max_side: int | None = None, large: str = "tile",
+                  tile: int = 512, overlap: int = 64) -> Image.Image:
+        """G(x) for a PIL image or path, as a PIL image of the input's size.
+
+        Inputs whose longer side exceeds `max_side` are translated in overlapping tiles
+        (`large="tile"`) or downscaled and the result scaled back (`large="downscale"`).
+        """
+        G, _ = self.generators(direction)
+        return to_image(self._run(G, self._prepare(image), max_side, large, tile, overlap)[0])
+
+    def cycle(self, image, direction: str = "A2B", max_side: int | None = None, large: str = "tile",
+              tile: int = 512, overlap: int = 64) -> tuple[Image.Image, Image.Image]:
+        """(G(x), F(G(x))) as PIL images of the input's size."""
+        G, F_ = self.generators(direction)
+        fake = self._run(G, self._prepare(image), max_side, large, tile, overlap)
+        rec = self._run(F_, fake, max_side, large, tile, overlap)
+        return to_image(fake[0]), to_image(rec[0])
+
+
+def run_padded(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pad (N, 3, H, W) to sides that are multiples of 4 and at least 8, run `net`, crop back."""
+    h, w = x.shape[-2:]
+    H, W = max(8, -(-h // 4) * 4), max(8, -(-w // 4) * 4)
+    if (H, W) == (h, w):
+        return net(x)
+    # Reflection needs the pad to be smaller than the side; tiny images are replicated instead.
+    mode = "reflect" if H - h < h and W - w < w else "replicate"
+    return net(F.pad(x, (0, W - w, 0, H - h), mode=mode))[..., :h, :w]
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def run_tiled(net: nn.Module, x: torch.Tensor, tile: int = 512, overlap: int = 64, batch: int = 4) -> torch.Tensor:
+    """Run `net` on overlapping tiles of one image (1, 3, H, W), blending the overlaps with linear
+    ramps so that the seams of per-tile instance norm statistics do not show."""
+    if overlap * 2 >= tile:
+        raise ValueError(f"overlap={overlap} must be less than half of tile={tile}")
+    _, c, h, w = x.shape
+    th, tw = min(tile, h), min(tile, w)
+    boxes = [(y, x0) for y in _starts(h, th, th - overlap) for x0 in _starts(w, tw, tw - overlap)]
+    ramp_h = _ramp(th, overlap, x.device)
+    ramp_w = _ramp(tw, overlap, x.device)
+    weight = (ramp_h[:, None] * ramp_w[None, :])[None]
+    out = torch.zeros(c, h, w, device=x.device)
+    total = torch.zeros(1, h, w, device=x.device)
+    for i in range(0, len(boxes), batch):  # tiles have one size, so they run as a batch
+        chunk = boxes[i:i + batch]
+        tiles = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in chunk])
+        for (y, x0), t in zip(chunk, run_padded(net, tiles)):
+            out[:, y:y + th, x0:x0 + tw] += t * weight
+            total[:, y:y + th, x0:x0 + tw] += weight
+    return (out / total).unsqueeze(0)
+
+
+def _ramp(n: int, overlap: int, device) -> torch.Tensor:
+    r = torch.ones(n, device=device)
+    if overlap > 0 and n > 2 * overlap:
+        edge = torch.linspace(0.0, 1.0, overlap + 2, device=device)[1:-1]
+        r[:overlap], r[n - overlap:] = edge, edge.flip(0)
+    return r
+
+
+def _resolve(source: str | os.PathLike, revision: str | None, token: str | None) -> tuple[Path, Path]:
+    """Local folder -> its files; otherwise a Hub repo id -> cached downloads."""
+    path = Path(source)
+    if path.is_dir():
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path}: model folder has no {' or '.join(missing)}")
+        return path / CONFIG_NAME, path / WEIGHTS_NAME
+    source = str(source)
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(f"{source}: not a model folder and not a Hub repo id (user/name)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    try:
+        files = [Path(hf_hub_download(source, name, revision=revision, token=token))
+                 for name in (CONFIG_NAME, WEIGHTS_NAME)]
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{source}: no such model repo on the Hub (or it is private: log in "
+                                f"or set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"{source}: revision {revision!r} not found on the Hub") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(f"{source}: the Hub repo has no {CONFIG_NAME} and {WEIGHTS_NAME}") from None
+    except LocalEntryNotFoundError:
+        raise ConnectionError(f"{source}: the Hub cannot be reached and no cached copy exists; "
+                              f"download the folder elsewhere and pass its local path instead") from None
+    except HFValidationError:
+        raise FileNotFoundError(f"{source}: not a model folder and not a valid Hub repo id") from None
+    return files[0], files[1]
+
+
+def model_card(config: ModelConfig, info: dict) -> str:
+    """README.md of a model folder: Hub metadata, then what the model is and how it was made."""
+    dataset = info.get("dataset")
+    lines = ["---", "library_name: cyclegan-kit", "license: mit", "pipeline_tag: image-to-image",
+             "tags:", "- cyclegan", "- image-to-image", "- unpaired-image-translation"]
+    if dataset:
+        lines += ["datasets:", f"- {dataset}"]
+    lines += ["---", "", f"# CycleGAN {config.domain_A} ↔ {config.domain_B}", "",
+              f"Unpaired image-to-image translation (Zhu et al., ICCV 2017) between *{config.domain_A}* (A) and "
+              f"*{config.domain_B}* (B), made with cyclegan-kit. `G_AB` maps A→B and `G_BA` maps B→A.", "",
+              "```python", "from cyclegan import CycleGAN", "model = CycleGAN.from_pretrained(\"<this repo or folder>\")",
+              f"fake, rec = model.cycle(\"photo.jpg\", \"A2B\")  # {config.domain_A} -> {config.domain_B} -> back", "```",
+              "", "## Architecture", "",
+              f"ResNet generators with ngf={config.ngf} and {config.n_blocks} residual blocks; "
+              f"PatchGAN discriminators (ndf={config.ndf}, {config.n_layers} layers) were used in training "
+              "and are not published.", ""]
+    training = info.get("training")
+    if training:
+        lines += ["## Training", ""]
+        lines += [f"- {k}: `{v}`" for k, v in training.items()]
+        lines.append("")
+    metrics = info.get("metrics")
+    if metrics:
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines.append("")
+    return "\n".join(lines)

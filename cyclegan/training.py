@@ -1,0 +1,534 @@
+"""Training a CycleGAN: the recipe (TrainConfig), one optimisation step, and the loop around it
+that handles data, the schedule, checkpoints, samples and logs."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import DATASETS_URL, EpochSampler, UnpairedDataset, download_dataset, list_images, load_rgb, to_image, to_tensor
+from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
+from .model import CycleGAN, ModelConfig
+
+LOSS_NAMES = ("G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
+
+
+def _opt(help: str, **kw):
+    return field(metadata={"help": help, **kw.pop("meta", {})}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe; defaults are the paper's. train.py makes one flag of each field."""
+
+    dataroot: str = _opt("folder with trainA/ and trainB/ (and optionally testA/, testB/)", default="")
+    dataset: str = _opt("official CycleGAN dataset to download by name, e.g. horse2zebra", default="")
+    data_dir: str = _opt("where --dataset is downloaded", default="datasets")
+    dataset_url: str = _opt("server of the official datasets (NAME.zip below it)", default=DATASETS_URL)
+    output: str = _opt("run directory (default: runs/<dataset name>)", default="")
+    epochs: int = _opt("epochs at the initial learning rate", default=100)
+    decay_epochs: int = _opt("epochs of linear decay of the learning rate to 0", default=100)
+    batch_size: int = _opt("images per domain per step (per process)", default=1)
+    lr: float = _opt("Adam learning rate", default=2e-4)
+    beta1: float = _opt("Adam beta1", default=0.5)
+    beta2: float = _opt("Adam beta2", default=0.999)
+    lambda_cycle: float = _opt("weight of the cycle-consistency loss", default=10.0)
+    lambda_identity: float = _opt("identity loss weight, as a fraction of lambda_cycle (0 switches it off)",
+                                  default=0.5)
+    pool_size: int = _opt("fakes kept per discriminator (0: no pool)", default=50)
+    preprocess: str = _opt("image preprocessing", default="resize_and_crop",
+                           meta={"choices": ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")})
+    load_size: int = _opt("images are resized to this size first", default=286)
+    crop_size: int = _opt("then randomly cropped to this size", default=256)
+    flip: bool = _opt("random horizontal flips", default=True)
+    device: str = _opt("where to train", default="auto", meta={"choices": ("auto", "cpu", "cuda", "mps")})
+    amp: str = _opt("mixed precision on CUDA (auto: bf16 where supported)", default="auto",
+                    meta={"choices": ("auto", "none", "bf16", "fp16")})
+    compile: bool = _opt("torch.compile the networks", default=False)
+    workers: int = _opt("data loading processes", default=2)
+    seed: int = _opt("seed of initialisation, data order and augmentation", default=0)
+    max_steps: int = _opt("stop when the total step count reaches this (0: run the whole schedule)", default=0)
+    save_every: int = _opt("write checkpoint.pt and model/ every N steps (and at each epoch's end)", default=1000)
+    sample_every: int = _opt("write a sample grid every N steps (and at the end)", default=1000)
+    log_every: int = _opt("average the losses over N steps into losses.csv and the progress bar", default=20)
+    n_samples: int = _opt("test images per domain in the sample grids", default=4)
+    on_nan: str = _opt("what to do when a loss is NaN or infinite", default="stop", meta={"choices": ("stop", "skip")})
+    resume: str = _opt("run directory or checkpoint.pt to continue from", default="")
+    push_to_hub: str = _opt("Hub repo id to upload model/ to at the end", default="")
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, decay_epochs: int) -> float:
+    """Constant for `epochs`, then linear decay to 0 over `decay_epochs` (per step)."""
+    decay_start = epochs * steps_per_epoch
+    if step < decay_start:
+        return 1.0
+    return max(0.0, 1.0 - (step - decay_start) / max(1, decay_epochs * steps_per_epoch))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+class Trainer:
+    """Holds the networks, optimisers and pools, and performs `train_step`s.
+
+    `G_AB`/`G_BA`/`D_A`/`D_B` are what is called in the step: the model's own networks, or their
+    DDP/compiled wrappers; `self.model` always holds the plain modules whose state is saved.
+    """
+
+    def __init__(self, config: TrainConfig, model_config: ModelConfig, device: torch.device | str = "cpu",
+                 distributed: bool = False) -> None:
+        self.config, self.device = config, torch.device(device)
+        self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            self.model.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        amp = config.amp
+        if amp == "auto":
+            amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+        if amp != "none" and not cuda:
+            raise ValueError(f"--amp {amp} needs a CUDA device (training on {self.device})")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+        m = self.model
+        self.G_AB, self.G_BA, self.D_A, self.D_B = m.G_AB, m.G_BA, m.D_A, m.D_B
+        if config.compile:
+            self.G_AB, self.G_BA, self.D_A, self.D_B = (torch.compile(n) for n in (m.G_AB, m.G_BA, m.D_A, m.D_B))
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if cuda else None
+            self.G_AB, self.G_BA, self.D_A, self.D_B = (DDP(n, device_ids=ids) for n in
+                                                        (self.G_AB, self.G_BA, self.D_A, self.D_B))
+        betas = (config.beta1, config.beta2)
+        self.opt_G = torch.optim.Adam([*m.G_AB.parameters(), *m.G_BA.parameters()], lr=config.lr, betas=betas)
+        self.opt_D = torch.optim.Adam([*m.D_A.parameters(), *m.D_B.parameters()], lr=config.lr, betas=betas)
+        self.pool_A = ImagePool(config.pool_size, seed=config.seed + 1)
+        self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2)
+        self.step = 0
+
+    def set_lr(self, factor: float) -> float:
+        lr = self.config.lr * factor
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One generator and one discriminator update. Returns the detached loss terms (tensors
+        on the device, so that the loop decides when to pay for a host sync)."""
+        c, m = self.config, self.model
+        real_A = batch["A"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        real_B = batch["B"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        n = real_A.shape[0]
+        use_identity = c.lambda_identity > 0
+
+        # Generators. The discriminators are frozen and called unwrapped (no DDP sync): only
+        # the generators' parameters get gradients from this loss.
+        _set_requires_grad([m.D_A, m.D_B], False)
+        self.opt_G.zero_grad(set_to_none=True)
+        with self._autocast():
+            if use_identity:
+                # Instance norm is per sample, so G(x) and the identity G(y) can share one call.
+                fake_B, idt_B = self.G_AB(torch.cat([real_A, real_B])).split(n)
+                fake_A, idt_A = self.G_BA(torch.cat([real_B, real_A])).split(n)
+            else:
+                fake_B, fake_A = self.G_AB(real_A), self.G_BA(real_B)
+            rec_A, rec_B = self.G_BA(fake_B), self.G_AB(fake_A)
+            losses = {
+                "G_AB": adversarial_loss(m.D_B(fake_B).float(), True),
+                "G_BA": adversarial_loss(m.D_A(fake_A).float(), True),
+                "cycle_A": c.lambda_cycle * cycle_loss(real_A, rec_A.float()),
+                "cycle_B": c.lambda_cycle * cycle_loss(real_B, rec_B.float()),
+            }
+            if use_identity:
+                weight = c.lambda_cycle * c.lambda_identity
+                losses["idt_A"] = weight * identity_loss(real_A, idt_A.float())
+                losses["idt_B"] = weight * identity_loss(real_B, idt_B.float())
+            loss_G = sum(losses.values())
+        finite = self._check_finite(loss_G, "generator")
+        if finite:
+            self._backward_step(loss_G, self.opt_G)
+
+        # Discriminators, on real images and on fakes drawn from the pools.
+        _set_requires_grad([m.D_A, m.D_B], True)
+        self.opt_D.zero_grad(set_to_none=True)
+        fake_A = self.pool_A.query(fake_A.detach().float()).to(memory_format=self.memory_format)
+        fake_B = self.pool_B.query(fake_B.detach().float()).to(memory_format=self.memory_format)
+        with self._autocast():
+            pred_A = self.D_A(torch.cat([real_A, fake_A])).float()
+            pred_B = self.D_B(torch.cat([real_B, fake_B])).float()
+            losses["D_A"] = discriminator_loss(*pred_A.split([n, fake_A.shape[0]]))
+            losses["D_B"] = discriminator_loss(*pred_B.split([n, fake_B.shape[0]]))
+            loss_D = losses["D_A"] + losses["D_B"]
+        if finite and self._check_finite(loss_D, "discriminator"):
+            self._backward_step(loss_D, self.opt_D)
+        if self.scaler is not None:
+            self.scaler.update()
+        self.step += 1
+        return {k: v.detach() for k, v in losses.items()}
+
+    def _check_finite(self, loss: torch.Tensor, what: str) -> bool:
+        if torch.isfinite(loss).item():
+            return True
+        message = f"step {self.step + 1}: the {what} loss is {loss.item()}"
+        if self.config.on_nan == "stop":
+            raise FloatingPointError(message + " (stopping; --on-nan skip skips such steps instead)")
+        print(f"warning: {message}; skipping this step", file=sys.stderr)
+        return False
+
+    # ---- checkpoints ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        m = self.model
+        state = {
+            "step": self.step,
+            "model_config": asdict(m.config),
+            "train_config": asdict(self.config),
+            **{name: getattr(m, name).state_dict() for name in ("G_AB", "G_BA", "D_A", "D_B")},
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "pool_A": self.pool_A.state_dict(),
+            "pool_B": self.pool_B.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
+        saved = ModelConfig.from_dict(state["model_config"], source)
+        if saved != self.model.config:
+            diff = [f"{k}: checkpoint {v!r}, now {getattr(self.model.config, k)!r}"
+                    for k, v in asdict(saved).items() if getattr(self.model.config, k) != v]
+            raise ValueError(f"{source}: model config differs from the checkpoint's ({'; '.join(diff)})")
+        for name in ("G_AB", "G_BA", "D_A", "D_B"):
+            getattr(self.model, name).load_state_dict(state[name])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.pool_A.load_state_dict(state["pool_A"], self.device)
+        self.pool_B.load_state_dict(state["pool_B"], self.device)
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write atomically: a temp file, fsynced, renamed over the old one, which is kept as .prev."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, path.with_name(path.stem + ".prev.pt"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint without unpickling code (weights_only); a directory means its checkpoint.pt,
+    or checkpoint.prev.pt when a crash happened between the two renames of a save."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt" if (path / "checkpoint.pt").exists() else path / "checkpoint.prev.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncation, refused globals: all mean "not our checkpoint"
+        raise ValueError(f"{path}: not a readable training checkpoint ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]})") from None
+    if not isinstance(state, dict) or "step" not in state or "model_config" not in state:
+        raise ValueError(f"{path}: not a cyclegan-kit training checkpoint")
+    return state
+
+
+# ---- logging ---------------------------------------------------------------------------
+
+class LossLog:
+    """losses.csv (one row per logging window), losses.png, and TensorBoard when installed."""
+
+    def __init__(self, directory: Path, resume_step: int) -> None:
+        self.path = directory / "losses.csv"
+        self.columns = ["step", "epoch", *LOSS_NAMES, "lr", "seconds"]
+        rows = []
+        if self.path.exists() and resume_step > 0:  # drop rows written after the checkpoint we resume
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step or None)
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, step: int, epoch: float, losses: dict[str, float], lr: float, seconds: float) -> None:
+        row = {"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.6g}", "seconds": f"{seconds:.1f}"}
+        row.update({k: f"{losses[k]:.5f}" if k in losses else "" for k in LOSS_NAMES})
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow(row)
+        if self.tensorboard is not None:
+            for k, v in losses.items():
+                self.tensorboard.add_scalar(f"loss/{k}", v, step)
+            self.tensorboard.add_scalar("lr", lr, step)
+
+    def plot(self) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return
+        steps = [int(r["step"]) for r in rows]
+        fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(12, 4))
+        for name in LOSS_NAMES:
+            values = [float(r[name]) if r[name] else math.nan for r in rows]
+            if all(math.isnan(v) for v in values):
+                continue
+            (ax_d if name.startswith("D_") else ax_g).plot(steps, values, label=name)
+        for ax, title in ((ax_g, "generators"), (ax_d, "discriminators")):
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        tmp = self.path.with_name("losses.tmp.png")
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, self.path.with_name("losses.png"))
+
+
+def sample_images(dataroot: Path, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` fixed images per domain from testA/testB (trainA/trainB when there is no test split),
+    resized to size x size."""
+    def pick(domain: str) -> torch.Tensor:
+        folder = dataroot / f"test{domain}"
+        files = list_images(folder if folder.is_dir() else dataroot / f"train{domain}")
+        step = max(1, len(files) // n)
+        images = []
+        for path in files[::step]:
+            try:
+                images.append(to_tensor(load_rgb(path).resize((size, size))))
+            except ValueError:
+                continue
+            if len(images) == n:
+                break
+        return torch.stack(images)
+    return pick("A"), pick("B")
+
+
+@torch.no_grad()
+def save_samples(model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor, path: Path) -> None:
+    """A grid: each row is real_A | fake_B | rec_A || real_B | fake_A | rec_B."""
+    device = next(model.parameters()).device
+    real_A, real_B = real_A.to(device), real_B.to(device)
+    was_training = model.training
+    model.eval()
+    fake_B, fake_A = model.G_AB(real_A), model.G_BA(real_B)
+    rec_A, rec_B = model.G_BA(fake_B), model.G_AB(fake_A)
+    model.train(was_training)
+    n = min(len(real_A), len(real_B))
+    gap = torch.ones(n, 3, real_A.shape[2], 8, device=device)
+    rows = torch.cat([real_A[:n], fake_B[:n], rec_A[:n], gap, real_B[:n], fake_A[:n], rec_B[:n]], dim=3)
+    grid = torch.cat(list(rows), dim=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    to_image(grid).save(tmp)
+    os.replace(tmp, path)
+
+
+# ---- the loop ---------------------------------------------------------------------------
+
+def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> Path:
+    """Run (or continue) training as `config` says; returns the run directory."""
+    from tqdm.auto import tqdm
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world_size = 0, 1
+    device = resolve_device(config.device)
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    main = rank == 0
+
+    if config.dataset and not config.dataroot:
+        if main:
+            download_dataset(config.dataset, config.data_dir, config.dataset_url)
+        if distributed:
+            dist.barrier()
+        config.dataroot = str(Path(config.data_dir) / config.dataset)
+    if not config.dataroot:
+        raise ValueError("give --dataroot DIR (with trainA/ and trainB/) or --dataset NAME")
+    dataroot = Path(config.dataroot)
+    output = Path(config.output or Path("runs") / (config.dataset or dataroot.name))
+    config.output = str(output)
+    if config.push_to_hub:
+        from huggingface_hub import get_token
+        if get_token() is None:
+            raise RuntimeError(f"--push-to-hub {config.push_to_hub}: no Hugging Face token; run "
+                               "`hf auth login` or set HF_TOKEN before training")
+
+    dataset = UnpairedDataset(dataroot, "train", config.preprocess, config.load_size, config.crop_size,
+                              config.flip, config.seed)
+    sampler = EpochSampler(len(dataset), config.seed, rank, world_size)
+    steps_per_epoch = len(sampler) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{dataroot}: {len(dataset)} images are fewer than --batch-size {config.batch_size} "
+                         f"x {world_size} processes")
+    total_steps = (config.epochs + config.decay_epochs) * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        try:
+            probe.write_bytes(b"x")
+            probe.unlink()
+        except OSError as e:
+            raise RuntimeError(f"{output}: output directory is not writable ({e.strerror})") from None
+
+    trainer = Trainer(config, model_config, device, distributed)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state, source=config.resume)
+    info_training = {"dataset": config.dataset or dataroot.name,
+                     "training": {k: v for k, v in asdict(config).items()
+                                  if k not in ("dataset", "dataroot", "data_dir", "dataset_url", "output", "resume",
+                                               "push_to_hub", "workers", "save_every", "sample_every",
+                                               "log_every", "n_samples")}}
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=False)
+    log = LossLog(output, trainer.step) if main else None
+    samples = sample_images(dataroot, config.n_samples, config.crop_size) if main else None
+
+    stop = {"signal": None}
+
+    def request_stop(signum, frame):
+        if stop["signal"] is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stop["signal"] = signal.Signals(signum).name
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def save(final: bool = False) -> None:
+        if not main:
+            return
+        save_checkpoint(trainer.state_dict(), output / "checkpoint.pt")
+        trainer.model.info = {**info_training, "steps": trainer.step,
+                              "epochs": round(trainer.step / steps_per_epoch, 3),
+                              "image_size": config.crop_size, "lambda_identity": config.lambda_identity}
+        trainer.model.save_pretrained(output / "model")
+        log.plot()
+
+    def sample() -> None:
+        if main:
+            save_samples(trainer.model, *samples, output / "samples" / f"step_{trainer.step:07d}.png")
+
+    start_time = time.time()
+    bar = tqdm(total=total_steps, initial=trainer.step, disable=not main, dynamic_ncols=True, unit="step")
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    trainer.model.train()
+    try:
+        while trainer.step < total_steps and stop["signal"] is None:
+            epoch, done_in_epoch = divmod(trainer.step, steps_per_epoch)
+            dataset.epoch = epoch
+            sampler.set_epoch(epoch, start=done_in_epoch * config.batch_size)
+            for batch in loader:
+                lr = trainer.set_lr(lr_factor(trainer.step, steps_per_epoch, config.epochs, config.decay_epochs))
+                losses = trainer.train_step(batch)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0) + v
+                count += 1
+                bar.update(1)
+                step = trainer.step
+                if count == config.log_every or step == total_steps:
+                    means = {k: float(v) / count for k, v in sums.items()}
+                    if main:
+                        log.write(step, step / steps_per_epoch, means, lr, time.time() - start_time)
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
+                    sums, count = {}, 0
+                at_epoch_end = step % steps_per_epoch == 0
+                if step % config.save_every == 0 or at_epoch_end or step == total_steps:
+                    save()
+                if step % config.sample_every == 0 or step == total_steps:
+                    sample()
+                if step >= total_steps or stop["signal"] is not None:
+                    break
+        if stop["signal"] is not None:
+            save()
+            if main:
+                bar.write(f"{stop['signal']}: saved {output / 'checkpoint.pt'} at step {trainer.step}; "
+                          f"continue with --resume {output}")
+    except KeyboardInterrupt:
+        save()
+        if main:
+            bar.write(f"interrupted: saved {output / 'checkpoint.pt'} at step {trainer.step}")
+        raise
+    finally:
+        bar.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if log is not None and log.tensorboard is not None:
+            log.tensorboard.close()
+    if main and stop["signal"] is None and config.push_to_hub:
+        url = trainer.model.push_to_hub(config.push_to_hub, dtype="float32")
+        print(f"pushed {output / 'model'} to {url}")
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return output

@@ -1,0 +1,86 @@
+"""Train a CycleGAN: `python train.py --dataset horse2zebra` (the paper's recipe) or
+`python train.py --dataroot DIR` for any folder with trainA/ and trainB/.
+
+Every flag comes from a field of TrainConfig or ModelConfig (cyclegan/training.py, cyclegan/model.py).
+With --resume, the run's saved settings are used and only the flags given on the command line
+change them; the model's architecture cannot change.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import asdict
+
+from cyclegan.model import ModelConfig
+from cyclegan.training import TrainConfig, load_checkpoint, train
+
+MODEL_HELP = {"ngf": "generator width (channels of its first convolution)",
+              "ndf": "discriminator width", "n_blocks": "residual blocks in the generators (6 for 128 px)",
+              "n_layers": "discriminator layers (3: 70x70 PatchGAN)",
+              "domain_A": "name of domain A (default: from the dataset name, e.g. horse)",
+              "domain_B": "name of domain B (default: from the dataset name, e.g. zebra)"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    groups = (("model", ModelConfig, MODEL_HELP), ("training", TrainConfig, {}))
+    for title, cls, helps in groups:
+        group = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            help_ = f.metadata.get("help", helps.get(f.name, "")) + f" (default: {f.default!r})"
+            if f.type in (bool, "bool"):
+                # booleans that default to True get a --no-X switch, the others a --X switch
+                if f.default:
+                    group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                       help="switch off: " + help_)
+                else:
+                    group.add_argument(flag, dest=f.name, action="store_true", help=help_)
+                continue
+            kind = type(f.default)
+            group.add_argument(flag, dest=f.name, type=kind, choices=f.metadata.get("choices"), help=help_)
+    return parser
+
+
+def configs_from_args(args: dict) -> tuple[TrainConfig, ModelConfig, dict | None]:
+    """Defaults, overridden by the checkpoint's settings when resuming, overridden by given flags."""
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    given_model = {k: v for k, v in args.items() if k in model_names}
+    given_train = {k: v for k, v in args.items() if k not in model_names}
+    state = None
+    train_values = asdict(TrainConfig())
+    if given_train.get("resume"):
+        state = load_checkpoint(given_train["resume"])
+        saved_model = state["model_config"]
+        diff = [f"--{k.replace('_', '-')} {v!r} (checkpoint: {saved_model.get(k)!r})"
+                for k, v in given_model.items() if saved_model.get(k) != v]
+        if diff:
+            raise ValueError(f"{given_train['resume']}: cannot resume with a different model: {', '.join(diff)}")
+        model_config = ModelConfig.from_dict(saved_model, given_train["resume"])
+        train_values.update({k: v for k, v in state["train_config"].items() if k in train_values})
+        train_values["max_steps"] = 0  # a new limit must be given again
+    else:
+        dataset = given_train.get("dataset") or given_train.get("dataroot", "").rstrip("/").split("/")[-1]
+        names = dataset.split("2") if dataset.count("2") == 1 else ["A", "B"]
+        model_config = ModelConfig(**{"domain_A": names[0], "domain_B": names[1], **given_model})
+    train_values.update(given_train)
+    return TrainConfig(**train_values), model_config, state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        config, model_config, state = configs_from_args(args)
+        train(config, model_config, state)
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
