@@ -91,6 +91,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Ctrl-C and `kill` reach the whole process group; the main process decides when to stop and
+    # shuts its data workers down itself, so a worker dying first must not abort the final save.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
@@ -452,7 +459,7 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
                                                "log_every", "n_samples")}}
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=False)
+                        worker_init_fn=_ignore_stop_signals)
     log = LossLog(output, trainer.step) if main else None
     samples = sample_images(dataroot, config.n_samples, config.crop_size) if main else None
 
@@ -513,11 +520,11 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
             save()
             if main:
                 bar.write(f"{stop['signal']}: saved {output / 'checkpoint.pt'} at step {trainer.step}; "
-                          f"continue with --resume {output}")
+                          f"continue with --resume {output}", file=sys.stderr)
     except KeyboardInterrupt:
         save()
         if main:
-            bar.write(f"interrupted: saved {output / 'checkpoint.pt'} at step {trainer.step}")
+            bar.write(f"interrupted: saved {output / 'checkpoint.pt'} at step {trainer.step}", file=sys.stderr)
         raise
     finally:
         bar.close()

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny generated datasets and models, so every test runs the real code on CPU."""
+from __future__ import annotations
+
+import http.server
+import io
+import random
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclegan import CycleGAN, ModelConfig
+
+TINY = ModelConfig(ngf=8, ndf=8, n_blocks=2, n_layers=2, domain_A="horse", domain_B="zebra")
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int] = (40, 36), seed: int = 0, color=(200, 60, 40)) -> list[Path]:
+    """`n` noisy images around `color`, of slightly varying sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = size[0] + 4 * (i % 3), size[1] + 4 * (i % 2)
+        pixels = np.clip(np.array(color)[None, None] + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def dataroot(tmp_path: Path) -> Path:
+    """trainA (reddish, 5 images), trainB (bluish, 7 images), testA/testB (2 each)."""
+    root = tmp_path / "data"
+    make_images(root / "trainA", 5, seed=1, color=(200, 60, 40))
+    make_images(root / "trainB", 7, seed=2, color=(40, 60, 200))
+    make_images(root / "testA", 2, seed=3, color=(200, 60, 40))
+    make_images(root / "testB", 2, seed=4, color=(40, 60, 200))
+    return root
+
+
+@pytest.fixture
+def tiny_model() -> CycleGAN:
+    torch.manual_seed(0)
+    random.seed(0)
+    return CycleGAN(TINY).init_weights(seed=0).eval()
+
+
+@pytest.fixture
+def zip_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tiny.zip (official layout) and broken.zip; supports Range."""
+    served = tmp_path / "served"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for folder in ("trainA", "trainB", "testA", "testB"):
+            image = io.BytesIO()
+            Image.new("RGB", (8, 8), (9, 9, 9)).save(image, "PNG")
+            zf.writestr(f"tiny/{folder}/0.png", image.getvalue())
+    served.mkdir()
+    (served / "tiny.zip").write_bytes(buf.getvalue())
+    (served / "broken.zip").write_bytes(b"PK\x03\x04 this is not really a zip" * 10)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append((self.path, self.headers.get("Range")))
+            data = (served / self.path.lstrip("/")).read_bytes() if (served / self.path.lstrip("/")).exists() else None
+            if data is None:
+                self.send_error(404)
+                return
+            start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", buf.getvalue(), requests
+    server.shutdown()

@@ -1,0 +1,180 @@
+"""Reading every kind of image as RGB, the unpaired dataset, and the dataset download."""
+import hashlib
+import http.server
+import io
+import threading
+import warnings
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclegan.data import (EpochSampler, ImageError, UnpairedDataset, download_dataset, load_rgb, to_image,
+                           to_tensor, transform)
+
+from tests.conftest import make_images
+
+
+def save(image: Image.Image, path: Path, **kw) -> Path:
+    image.save(path, **kw)
+    return path
+
+
+def test_every_mode_becomes_rgb(tmp_path):
+    gray16 = Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16))
+    palette = Image.new("P", (8, 8))
+    palette.putpalette([255, 0, 0] * 256)
+    files = {
+        "gray.png": save(Image.new("L", (8, 6), 128), tmp_path / "gray.png"),
+        "rgba.png": save(Image.new("RGBA", (8, 6), (255, 0, 0, 0)), tmp_path / "rgba.png"),
+        "la.png": save(Image.new("LA", (8, 6), (10, 255)), tmp_path / "la.png"),
+        "palette.png": save(palette, tmp_path / "palette.png", transparency=0),
+        "cmyk.jpg": save(Image.new("CMYK", (8, 6), (0, 255, 255, 0)), tmp_path / "cmyk.jpg"),
+        "gray16.png": save(gray16, tmp_path / "gray16.png"),
+        "bw.png": save(Image.new("1", (8, 6), 1), tmp_path / "bw.png"),
+    }
+    out = {name: load_rgb(path) for name, path in files.items()}
+    assert all(im.mode == "RGB" for im in out.values())
+    assert out["gray.png"].getpixel((0, 0)) == (128, 128, 128)
+    assert out["rgba.png"].getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white background
+    assert out["la.png"].getpixel((0, 0)) == (10, 10, 10)
+    assert out["palette.png"].getpixel((0, 0)) == (255, 255, 255)  # index 0 is transparent
+    r, g, b = out["cmyk.jpg"].getpixel((4, 3))
+    assert r > 200 and g < 40 and b < 40
+    assert out["gray16.png"].getpixel((7, 7))[0] == round(63000 / 257)  # 16-bit scaled, not clipped
+    assert out["bw.png"].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (20, 10), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    path = save(image, tmp_path / "rot.jpg", exif=exif, quality=95)
+    rotated = load_rgb(path)
+    assert rotated.size == (10, 20)
+    assert rotated.getpixel((5, 2))[0] > 200  # the red half is now on top
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert load_rgb(path).getpixel((0, 0))[0] > 200
+
+
+@pytest.mark.parametrize("content, message", [(b"", "not an image"), (b"hello, I am text", "not an image")])
+def test_unreadable_files_raise_image_error_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=f"bad.png: {message}"):
+        load_rgb(path)
+
+
+def test_truncated_jpeg_and_pixel_limit(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[:200])
+    with pytest.raises(ImageError, match="cut.jpg"):
+        load_rgb(path)
+    big = save(Image.new("RGB", (100, 100)), tmp_path / "big.png")
+    with pytest.raises(ImageError, match="larger than the limit"):
+        load_rgb(big, max_pixels=5000)
+
+
+def test_tensor_round_trip():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    t = to_tensor(image)
+    assert t.shape == (3, 5, 7) and t.min() >= -1 and t.max() <= 1
+    assert np.array_equal(np.asarray(to_image(t)), np.asarray(image))
+
+
+@pytest.mark.parametrize("preprocess, size", [("resize_and_crop", (24, 24)), ("crop", (24, 24)),
+                                              ("scale_width", (20, 32)), ("scale_width_and_crop", (24, 24)),
+                                              ("none", (48, 80))])
+def test_preprocess_sizes(preprocess, size):
+    import random
+    image = Image.new("RGB", (81, 50))
+    t = transform(image, preprocess, load_size=32, crop_size=24, flip=True, rng=random.Random(0))
+    assert t.shape == (3, *size)
+
+
+def test_dataset_is_unpaired_deterministic_and_reshuffled_per_epoch(dataroot):
+    ds = UnpairedDataset(dataroot, crop_size=16, load_size=20, seed=1)
+    assert len(ds) == 7  # the larger domain
+    a, b = ds[3], ds[3]
+    assert torch.equal(a["A"], b["A"]) and torch.equal(a["B"], b["B"])
+    assert a["A"].shape == (3, 16, 16)
+    assert a["A"][0].mean() > a["A"][2].mean() and a["B"][2].mean() > a["B"][0].mean()  # red A, blue B
+    ds.epoch = 1
+    assert not torch.equal(ds[3]["B"], a["B"])
+    s = EpochSampler(7, seed=0)
+    first = list(s)
+    assert sorted(first) == list(range(7))
+    s.set_epoch(1)
+    assert list(s) != first
+    s.set_epoch(0, start=3)
+    assert list(s) == first[3:]
+    ranks = [list(EpochSampler(7, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3 and not set(ranks[0]) & set(ranks[1])
+
+
+def test_missing_empty_and_imageless_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trainA: no such folder"):
+        UnpairedDataset(tmp_path)
+    (tmp_path / "trainA").mkdir()
+    (tmp_path / "trainA" / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="trainA: contains no images"):
+        UnpairedDataset(tmp_path)
+
+
+def test_unreadable_image_is_skipped_with_a_warning(tmp_path):
+    make_images(tmp_path / "trainA", 2)
+    make_images(tmp_path / "trainB", 2)
+    (tmp_path / "trainA" / "000.png").write_bytes(b"broken")
+    ds = UnpairedDataset(tmp_path, crop_size=16, load_size=16)
+    with pytest.warns(UserWarning, match="000.png"):
+        item = ds[0]
+    assert item["A"].shape == (3, 16, 16)
+    for f in (tmp_path / "trainA").iterdir():
+        f.write_bytes(b"broken")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ImageError, match="none of the 2 images"):
+            ds[0]
+
+
+def test_download_extracts_and_reuses(tmp_path, zip_server):
+    url, data, requests = zip_server
+    target = download_dataset("tiny", tmp_path / "ds", base_url=url, sha256=hashlib.sha256(data).hexdigest())
+    assert target == tmp_path / "ds" / "tiny"
+    assert (target / "trainA" / "0.png").is_file() and (target / "testB" / "0.png").is_file()
+    assert not list((tmp_path / "ds").glob("*.zip*"))  # archive and temp files are gone
+    assert download_dataset("tiny", tmp_path / "ds", base_url=url) == target
+    assert len(requests) == 1  # the extracted copy was reused
+
+
+def test_download_resumes_a_partial_file(tmp_path, zip_server):
+    url, data, requests = zip_server
+    (tmp_path / "tiny.zip.part").write_bytes(data[:100])
+    download_dataset("tiny", tmp_path, base_url=url)
+    assert requests == [("/tiny.zip", "bytes=100-")]
+    assert (tmp_path / "tiny" / "trainB" / "0.png").is_file()
+
+
+def test_download_errors(tmp_path, zip_server):
+    url, data, _ = zip_server
+    with pytest.raises(RuntimeError, match="HTTP 404"):
+        download_dataset("missing", tmp_path, base_url=url)
+    with pytest.raises(RuntimeError, match="not a valid zip"):
+        download_dataset("broken", tmp_path, base_url=url)
+    assert not (tmp_path / "broken.zip").exists()
+    with pytest.raises(RuntimeError, match="sha256"):
+        download_dataset("tiny", tmp_path, base_url=url, sha256="0" * 64)
+    with pytest.raises(ValueError, match="not an official CycleGAN dataset"):
+        download_dataset("horse2unicorn", tmp_path)

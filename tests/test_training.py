@@ -1,0 +1,196 @@
+"""The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cyclegan import CycleGAN
+from cyclegan.training import Trainer, TrainConfig, load_checkpoint, lr_factor, train
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--n-layers", "2", "--load-size", "36",
+              "--crop-size", "32", "--device", "cpu", "--workers", "0"]
+
+
+def batch(seed: int = 0, n: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"A": torch.rand(n, 3, 32, 32, generator=g) * 2 - 1, "B": torch.rand(n, 3, 32, 32, generator=g) * 2 - 1}
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300, **kw)
+
+
+def test_train_step_updates_every_network_with_finite_losses():
+    trainer = Trainer(TrainConfig(), TINY)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    losses = trainer.train_step(batch())
+    assert set(losses) == {"G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        net = getattr(trainer.model, name)
+        changed = [not torch.equal(before[f"{name}.{k}"], v) for k, v in net.state_dict().items()]
+        assert all(changed), f"{name}: some parameters did not change"
+    assert trainer.step == 1
+    # The discriminators are left trainable for the next step.
+    assert all(p.requires_grad for p in trainer.model.D_A.parameters())
+
+
+def test_identity_off_skips_the_identity_passes():
+    calls = []
+    trainer = Trainer(TrainConfig(lambda_identity=0), TINY)
+    for name in ("G_AB", "G_BA"):
+        getattr(trainer.model, name).register_forward_hook(lambda m, i, o, name=name: calls.append((name, len(i[0]))))
+    losses = trainer.train_step(batch(n=2))
+    assert "idt_A" not in losses and "idt_B" not in losses
+    assert sorted(calls) == [("G_AB", 2), ("G_AB", 2), ("G_BA", 2), ("G_BA", 2)]
+    calls.clear()
+    Trainer(TrainConfig(lambda_identity=0.5), TINY)  # hooks above belong to the first trainer only
+    trainer.config.lambda_identity = 0.5
+    trainer.train_step(batch(n=2))
+    assert sorted(calls) == [("G_AB", 2), ("G_AB", 4), ("G_BA", 2), ("G_BA", 4)]  # G(x) and G(y) batched
+
+
+def test_batched_identity_call_matches_separate_calls():
+    trainer = Trainer(TrainConfig(), TINY)
+    b = batch(n=2)
+    with torch.no_grad():
+        together = trainer.model.G_AB(torch.cat([b["A"], b["B"]]))
+        separate = torch.cat([trainer.model.G_AB(b["A"]), trainer.model.G_AB(b["B"])])
+    assert torch.allclose(together, separate, atol=1e-5)
+
+
+def test_nan_losses_stop_or_skip():
+    bad = batch()
+    bad["A"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="step 1: the generator loss is nan"):
+        Trainer(TrainConfig(on_nan="stop"), TINY).train_step(bad)
+    trainer = Trainer(TrainConfig(on_nan="skip"), TINY)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step(bad)
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero():
+    assert lr_factor(0, 10, 2, 2) == 1.0
+    assert lr_factor(19, 10, 2, 2) == 1.0
+    assert lr_factor(30, 10, 2, 2) == pytest.approx(0.5)
+    assert lr_factor(40, 10, 2, 2) == 0.0
+
+
+def config_for(dataroot: Path, output: Path, **kw) -> TrainConfig:
+    return TrainConfig(dataroot=str(dataroot), output=str(output), load_size=36, crop_size=32, workers=0,
+                       device="cpu", epochs=1, decay_epochs=1, save_every=2, sample_every=100, log_every=1, **kw)
+
+
+def test_resume_matches_an_uninterrupted_run(dataroot, tmp_path):
+    # 7 steps per epoch, so 9 steps cross an epoch boundary and the lr decay begins.
+    whole = train(config_for(dataroot, tmp_path / "whole", max_steps=9), TINY)
+    train(config_for(dataroot, tmp_path / "split", max_steps=4), TINY)
+    state = load_checkpoint(tmp_path / "split")
+    assert state["step"] == 4
+    config = config_for(dataroot, tmp_path / "split", max_steps=9, resume=str(tmp_path / "split"))
+    train(config, TINY, state)
+    a, b = load_checkpoint(whole), load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 9
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        for k, v in a[name].items():
+            assert torch.allclose(v, b[name][k], atol=1e-6), f"{name}.{k}"
+    assert len(a["pool_A"]["images"]) == len(b["pool_A"]["images"]) == 9
+    with open(tmp_path / "split" / "losses.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 10))
+    assert a["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 1 / 7))
+
+
+def test_train_py_writes_every_output_and_resumes(dataroot, tmp_path):
+    out = tmp_path / "run"
+    result = run(["--dataroot", str(dataroot), "--max-steps", "4", "--output", str(out), "--sample-every", "2",
+                  "--log-every", "2", *TINY_FLAGS])
+    assert result.returncode == 0, result.stderr
+    assert "4/" in result.stderr and "step/s" in result.stderr  # the progress bar
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["model_config"]["ngf"] == 8 and state["train_config"]["crop_size"] == 32
+    assert {"G_AB", "G_BA", "D_A", "D_B", "opt_G", "opt_D", "pool_A", "pool_B", "rng_cpu"} <= set(state)
+    model = CycleGAN.from_pretrained(out / "model")
+    assert model.config.domain_A == "A" and model.info["steps"] == 4
+    assert (out / "model" / "README.md").read_text().startswith("---")
+    with open(out / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["2", "4"] and float(rows[0]["cycle_A"]) > 0
+    assert (out / "losses.png").stat().st_size > 1000
+    grids = sorted(p.name for p in (out / "samples").iterdir())
+    assert grids == ["step_0000002.png", "step_0000004.png"]
+    from PIL import Image
+    assert Image.open(out / "samples" / grids[0]).size == (6 * 32 + 8, 2 * 32)  # 2 test images per domain
+
+    result = run(["--resume", str(out), "--max-steps", "6"])
+    assert result.returncode == 0, result.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
+    result = run(["--resume", str(out), "--ngf", "16", "--max-steps", "8"])
+    assert result.returncode == 1 and "--ngf 16 (checkpoint: 8)" in result.stderr
+
+
+def test_train_py_downloads_a_dataset(tmp_path, zip_server):
+    url, _, _ = zip_server
+    result = run(["--dataset", "tiny", "--dataset-url", url, "--data-dir", str(tmp_path / "ds"), "--max-steps", "1",
+                  "--output", str(tmp_path / "run"), *TINY_FLAGS])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ds" / "tiny" / "trainA").is_dir() and (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_train_py_bad_data_is_a_one_line_error(tmp_path):
+    result = run(["--dataroot", str(tmp_path / "nowhere"), *TINY_FLAGS])
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {tmp_path / 'nowhere' / 'trainA'}: no such folder"
+    (tmp_path / "empty" / "trainA").mkdir(parents=True)
+    (tmp_path / "empty" / "trainB").mkdir()
+    result = run(["--dataroot", str(tmp_path / "empty"), *TINY_FLAGS])
+    assert result.returncode == 1 and "trainA: contains no images" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_to_the_process_group_saves_a_checkpoint(dataroot, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--dataroot", str(dataroot), "--output",
+                             str(out), "--log-every", "1", "--save-every", "100000", *TINY_FLAGS, "--workers", "1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "losses.csv").exists()
+                                          and len((out / "losses.csv").read_text().splitlines()) > 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # like `kill` of the job: the data worker gets it too
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: saved" in err
+    assert load_checkpoint(out)["step"] >= 3
+
+
+def test_ddp_with_two_cpu_processes(dataroot, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", "0", str(ROOT / "train.py"),
+                             "--dataroot", str(dataroot), "--output", str(out), "--max-steps", "4",
+                             "--log-every", "1", *TINY_FLAGS], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(out)
+    assert state["step"] == 4
+    with open(out / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    # 7 images split between 2 ranks: 3 steps per epoch, so step 3 ends epoch 1.
+    assert [r["epoch"] for r in rows[:3]] == ["0.3333", "0.6667", "1.0000"]
+    assert len(rows) == 4  # only rank 0 writes
