@@ -45,9 +45,12 @@ def load_rgb(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_PIXE
         image = ImageOps.exif_transpose(image)
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own limit, checked when the header is read
+        raise ImageError(f"{name}: image is larger than the limit of {min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS):,} "
+                         "pixels") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file or an unsupported format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: cannot be decoded ({e})") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name}: image has no pixels")

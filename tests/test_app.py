@@ -1,0 +1,127 @@
+"""The Gradio app: image handling and tiling in the package, then `python app.py` as a user runs it,
+called through gradio_client."""
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclegan.model import run_padded, run_tiled
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiled_translation_matches_untiled(tiny_model):
+    g = tiny_model.G_AB
+    with torch.no_grad():
+        # A textured image: instance norm sees different statistics per tile, so the outputs differ
+        # a little; away from the borders the mean difference stays under 0.08 on the [-1, 1] scale.
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 50, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+                                            size=(200, 260), mode="bilinear")
+        tiled, whole = run_tiled(g, x, tile=96, overlap=16), run_padded(g, x)
+        assert tiled.shape == whole.shape
+        assert (tiled - whole)[..., 16:-16, 16:-16].abs().mean() < 0.08
+        assert torch.allclose(run_tiled(g, x, tile=512), run_padded(g, x), atol=1e-6)  # a single tile
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (33, 17), (10000, 8)])
+def test_translate_keeps_odd_sizes(tiny_model, size):
+    image = Image.new("RGB", size, (30, 120, 60))
+    fake = tiny_model.translate(image, "A2B", max_side=512)
+    assert fake.size == size
+
+
+def test_large_images_are_tiled_or_downscaled(tiny_model):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    tiled = tiny_model.translate(image, max_side=128, large="tile", tile=128, overlap=16)
+    small = tiny_model.translate(image, max_side=128, large="downscale")
+    assert tiled.size == small.size == image.size
+    assert not np.array_equal(np.asarray(tiled), np.asarray(small))
+    with pytest.raises(ValueError, match="large="):
+        tiny_model.translate(image, max_side=128, large="crop")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`python app.py` on a free port with no network use: bundled weights, no analytics."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2",
+           "CYCLEGAN_MAX_SIDE": "256"}
+    env.pop("CYCLEGAN_MODEL", None)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited: {proc.stdout.read()[-3000:]}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("app.py did not start in 180 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+    return Client(server, verbose=False)
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    rng = np.random.default_rng(1)
+    pixels = np.clip(rng.normal(120, 40, (70, 90, 3)), 0, 255).astype(np.uint8)
+    pixels[20:50, 30:70] = (140, 100, 60)  # a brown "horse"
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(path, quality=95)
+    return path
+
+
+def test_app_translates_both_ways_with_both_checkpoints(client, photo):
+    from gradio_client import handle_file
+    outputs = {}
+    for direction in ("A2B", "B2A"):
+        for identity in (True, False):
+            result = client.predict(handle_file(str(photo)), direction, identity, api_name="/translate")
+            x, fake, rec = (Image.open(p) for p in result[:3])
+            assert x.size == fake.size == rec.size == (90, 70)
+            assert "cycle error" in result[4]
+            outputs[direction, identity] = np.asarray(fake.convert("RGB"), np.int16)
+    for direction in ("A2B", "B2A"):  # the toggle really switches checkpoints
+        assert np.abs(outputs[direction, True] - outputs[direction, False]).mean() > 1
+    assert np.abs(outputs["A2B", True] - outputs["B2A", True]).mean() > 1
+
+
+def test_app_reports_bad_files_and_keeps_serving(client, photo, tmp_path):
+    from gradio_client import handle_file
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is text, not a picture")
+    with pytest.raises(Exception, match="notes.png: not an image file"):
+        client.predict(handle_file(str(bad)), "A2B", True, api_name="/translate")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (30000, 30000)).save(bomb)  # tiny file, 900 megapixels once decoded
+    with pytest.raises(Exception, match="bomb.png: image is larger than the limit"):
+        client.predict(handle_file(str(bomb)), "A2B", True, api_name="/translate")
+    result = client.predict(handle_file(str(photo)), "B2A", False, api_name="/translate")
+    assert Image.open(result[1]).size == (90, 70)
