@@ -32,6 +32,8 @@ class ModelConfig:
     n_layers: int = 3
     domain_A: str = "A"
     domain_B: str = "B"
+    affine_norm: bool = field(default=False, metadata={
+        "help": "learned scale and shift in the generators' instance norms (for converted weights)"})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
@@ -44,6 +46,8 @@ class ModelConfig:
             value = getattr(config, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "n_blocks" else 1):
                 raise ValueError(f"{source}: {name}={value!r} is not a valid size")
+        if not isinstance(config.affine_norm, bool):
+            raise ValueError(f"{source}: affine_norm={config.affine_norm!r} is not true or false")
         return config
 
 
@@ -66,8 +70,8 @@ class CycleGAN(nn.Module):
         # Training recipe, steps, dataset and measured metrics: carried into config.json and the card.
         self.info: dict = dict(info or {})
         c = self.config
-        self.G_AB = Generator(c.ngf, c.n_blocks)
-        self.G_BA = Generator(c.ngf, c.n_blocks)
+        self.G_AB = Generator(c.ngf, c.n_blocks, affine_norm=c.affine_norm)
+        self.G_BA = Generator(c.ngf, c.n_blocks, affine_norm=c.affine_norm)
         if with_discriminators:
             self.D_A = Discriminator(c.ndf, c.n_layers)
             self.D_B = Discriminator(c.ndf, c.n_layers)
@@ -255,11 +259,11 @@ def _resolve(source: str | os.PathLike, revision: str | None, token: str | None)
                                 f"or set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise FileNotFoundError(f"{source}: revision {revision!r} not found on the Hub") from None
-    except EntryNotFoundError:
-        raise FileNotFoundError(f"{source}: the Hub repo has no {CONFIG_NAME} and {WEIGHTS_NAME}") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass of it
         raise ConnectionError(f"{source}: the Hub cannot be reached and no cached copy exists; "
                               f"download the folder elsewhere and pass its local path instead") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(f"{source}: the Hub repo has no {CONFIG_NAME} and {WEIGHTS_NAME}") from None
     except HFValidationError:
         raise FileNotFoundError(f"{source}: not a model folder and not a valid Hub repo id") from None
     return files[0], files[1]

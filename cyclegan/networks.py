@@ -8,15 +8,15 @@ from torch import nn
 class ResnetBlock(nn.Module):
     """Two reflect-padded 3x3 convolutions with instance norm, added back to the input."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, affine_norm: bool = False) -> None:
         super().__init__()
         self.pad1 = nn.ReflectionPad2d(1)
         self.conv1 = nn.Conv2d(channels, channels, 3)
-        self.norm1 = nn.InstanceNorm2d(channels)
+        self.norm1 = nn.InstanceNorm2d(channels, affine=affine_norm)
         self.relu = nn.ReLU(inplace=True)
         self.pad2 = nn.ReflectionPad2d(1)
         self.conv2 = nn.Conv2d(channels, channels, 3)
-        self.norm2 = nn.InstanceNorm2d(channels)
+        self.norm2 = nn.InstanceNorm2d(channels, affine=affine_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.norm1(self.conv1(self.pad1(x))))
@@ -33,27 +33,33 @@ class Generator(nn.Module):
         n_blocks: residual blocks; the paper uses 9 at 256x256 and 6 at 128x128.
         in_channels: channels of the input image.
         out_channels: channels of the output image.
+        affine_norm: give every instance norm a learned scale and shift (off in the paper; on in
+            some checkpoints of the authors' code trained with `affine=True`).
 
     Inputs are images in [-1, 1] whose sides are multiples of 4; outputs have the same size.
     """
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, in_channels: int = 3, out_channels: int = 3) -> None:
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, in_channels: int = 3, out_channels: int = 3,
+                 affine_norm: bool = False) -> None:
         super().__init__()
-        # Instance norm has no affine parameters and no running stats (PyTorch's default),
-        # so every convolution keeps its bias, as in the authors' code.
+        # Instance norm keeps no running stats and, unless affine_norm, has no scale or shift
+        # (PyTorch's defaults), so every convolution keeps its bias, as in the authors' code.
+        def norm(channels: int) -> nn.InstanceNorm2d:
+            return nn.InstanceNorm2d(channels, affine=affine_norm)
+
         self.stem = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(inplace=True)
+            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm(ngf), nn.ReLU(inplace=True)
         )
         self.down = nn.Sequential(
-            nn.Conv2d(ngf, 2 * ngf, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * ngf), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * ngf, 4 * ngf, 3, stride=2, padding=1), nn.InstanceNorm2d(4 * ngf), nn.ReLU(inplace=True),
+            nn.Conv2d(ngf, 2 * ngf, 3, stride=2, padding=1), norm(2 * ngf), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * ngf, 4 * ngf, 3, stride=2, padding=1), norm(4 * ngf), nn.ReLU(inplace=True),
         )
-        self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf) for _ in range(n_blocks)])
+        self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf, affine_norm) for _ in range(n_blocks)])
         self.up = nn.Sequential(
             nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, stride=2, padding=1, output_padding=1),
-            nn.InstanceNorm2d(2 * ngf), nn.ReLU(inplace=True),
+            norm(2 * ngf), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1),
-            nn.InstanceNorm2d(ngf), nn.ReLU(inplace=True),
+            norm(ngf), nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
 

@@ -1,0 +1,80 @@
+"""Export one generator of a model folder (or Hub repo) to ONNX, for any batch size and image size:
+`python -m cyclegan.export_onnx weights/horse2zebra --out horse2zebra_A2B.onnx`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import CycleGAN
+
+# Reflect padding needs opset >= 11, but torch's (dynamo) exporter writes opset 18 natively and, asked for
+# less, silently keeps 18; 18 runs on onnxruntime >= 1.14.
+OPSET = 18
+
+
+class PaddedGenerator(nn.Module):
+    """The generator for inputs of any size: reflect-pad to a multiple of 4, run, crop back.
+    Input and output: float32 (N, 3, H, W) RGB in [-1, 1]."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.net(F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="reflect"))
+        # narrow, unlike slicing, lets the exporter prove the output is exactly (height, width)
+        return y.narrow(2, 0, h).narrow(3, 0, w)
+
+
+def export(source: str, out: str, direction: str = "A2B", opset: int = OPSET) -> None:
+    """Write the `direction` generator of `source` as an ONNX model with dynamic batch, height and width."""
+    if opset < OPSET:
+        raise ValueError(f"opset {opset}: torch's ONNX exporter writes opset {OPSET} or newer")
+    try:
+        import onnxscript  # noqa: F401  (torch's exporter needs it; say so before any work)
+    except ImportError:
+        raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript") from None
+    model = CycleGAN.from_pretrained(source)
+    G, _ = model.generators(direction)
+    net = PaddedGenerator(G).eval()
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=8), 3: torch.export.Dim("width", min=8)}
+    with warnings.catch_warnings():  # the exporter warns about deprecations inside torch itself
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), dynamo=True, opset_version=opset,
+                                    input_names=["image"], output_names=["translated"],
+                                    dynamic_shapes={"x": dims}, verbose=False)
+    if program.model.opset_imports.get("") != opset:
+        raise RuntimeError(f"the exporter wrote opset {program.model.opset_imports.get('')}, not {opset}")
+    c = model.config
+    src, dst = (c.domain_A, c.domain_B) if direction == "A2B" else (c.domain_B, c.domain_A)
+    program.model.metadata_props.update({"direction": direction, "from": src, "to": dst,
+                                         "image": "float32 NCHW RGB in [-1, 1]"})
+    program.save(out, external_data=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cyclegan.export_onnx", description=__doc__)
+    parser.add_argument("source", help="model folder or Hub repo id")
+    parser.add_argument("--out", required=True, help="ONNX file to write, e.g. model_A2B.onnx")
+    parser.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    args = parser.parse_args(argv)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it warns about torchvision ops we do not use
+    try:
+        export(args.source, args.out, args.direction, args.opset)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {' '.join(str(e).split())[:500]}", file=sys.stderr)
+        return 1
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
