@@ -33,6 +33,10 @@ class UploadedImage(gr.Image):
     """An image input whose own preprocessing never rejects a file: a broken or oversized upload
     reaches `translate`, which answers with a message naming what is wrong."""
 
+    # Render with gr.Image's frontend: without this the page asks for an "uploadedimage" component
+    # that does not exist and the upload box never appears (the API is unaffected).
+    is_template = True
+
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
@@ -152,8 +156,11 @@ def build_demo() -> gr.Blocks:
             out_x = gr.Image(label="input x", type="pil", format="png")
             out_fake = gr.Image(label="translation G(x)", type="pil", format="png")
             out_rec = gr.Image(label="reconstruction F(G(x))", type="pil", format="png")
+            # Shown only when asked for: an empty full-width box under the results looked broken.
+            out_heat = gr.Image(label="cycle error |x − F(G(x))|", type="pil", format="png", visible=False)
         summary = gr.Markdown()
-        out_heat = gr.Image(label="|x − F(G(x))|", type="pil", format="png")
+        show_heat_map.change(lambda on: gr.Image(visible=on), show_heat_map, out_heat, queue=False,
+                             api_visibility="private")
         examples = _example_images()
         if examples:
             gr.Examples(examples, inputs=[image, direction])

@@ -85,3 +85,12 @@ def zip_server(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", buf.getvalue(), requests
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """`python app.py` as a user runs it, on a free 127.0.0.1 port and offline (bundled weights); its URL.
+    One server for the session: the gradio_client tests and the browser test share it."""
+    from scripts.screenshot import serve_app
+    with serve_app(CYCLEGAN_MAX_SIDE="256") as url:
+        yield url

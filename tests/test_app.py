@@ -1,12 +1,6 @@
 """The Gradio app: image handling and tiling in the package, then `python app.py` as a user runs it,
 called through gradio_client."""
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +9,6 @@ import torch
 from PIL import Image
 
 from cyclegan.model import run_padded, run_tiled
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiled_translation_matches_untiled(tiny_model):
@@ -47,39 +39,6 @@ def test_large_images_are_tiled_or_downscaled(tiny_model):
     assert not np.array_equal(np.asarray(tiled), np.asarray(small))
     with pytest.raises(ValueError, match="large="):
         tiny_model.translate(image, max_side=128, large="crop")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    """`python app.py` on a free port with no network use: bundled weights, no analytics."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2",
-           "CYCLEGAN_MAX_SIDE": "256"}
-    env.pop("CYCLEGAN_MODEL", None)
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited: {proc.stdout.read()[-3000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app.py did not start in 180 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

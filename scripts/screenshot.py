@@ -1,0 +1,196 @@
+"""Screenshot of the demo for the README: start `python app.py`, upload an image in headless Chromium,
+press Translate and save the page as a PNG. The tests start the app and drive the page with the same
+helpers (tests/conftest.py, tests/test_browser.py).
+
+    python scripts/screenshot.py path/to/horse.jpg [--output docs/screenshot.png]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
+OUTPUTS = ("input x", "translation G(x)", "reconstruction F(G(x))")
+
+
+@contextlib.contextmanager
+def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
+    """`python app.py` on a free 127.0.0.1 port without network use (bundled weights, no Hub calls, no
+    analytics), with extra environment variables `env`; yields its URL and stops it afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", **env}
+    full_env.pop("CYCLEGAN_MODEL", None)
+    # The log goes to a file: an unread pipe would fill up and block the server.
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=2)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        state = "exited" if proc.poll() is not None else f"did not start in {startup_timeout:.0f} s"
+                        raise RuntimeError(f"app.py {state}:\n{log.read()[-3000:]}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def chromium(width: int = 1400, height: int = 1100) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium with a throwaway profile and no background traffic. The driver's path is
+    given, so Selenium Manager never looks for (or downloads) a driver or browser."""
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def block(driver: webdriver.Chrome, label: str) -> WebElement:
+    """The Gradio component (its `div.block`) whose label reads `label`."""
+    return driver.find_element(By.XPATH, f"//label[normalize-space()='{label}']"
+                                         "/ancestor::div[contains(concat(' ', @class, ' '), ' block ')][1]")
+
+
+def image_src(driver: webdriver.Chrome, label: str) -> str | None:
+    """The src of the image shown by the component labelled `label`, once it has loaded."""
+    for img in block(driver, label).find_elements(By.TAG_NAME, "img"):
+        if img.get_attribute("src") and driver.execute_script("return arguments[0].naturalWidth", img):
+            return img.get_attribute("src")
+    return None
+
+
+def summary_element(driver: webdriver.Chrome) -> WebElement | None:
+    """The markdown under the outputs, once a translation has filled it."""
+    for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid=markdown]"):
+        if "cycle error" in element.text:
+            return element
+    return None
+
+
+def summary(driver: webdriver.Chrome) -> str:
+    """The text of the markdown under the outputs ('' before the first translation)."""
+    element = summary_element(driver)
+    return element.text if element else ""
+
+
+def busy(driver: webdriver.Chrome) -> bool:
+    """Whether Gradio shows its progress overlay on any of the outputs."""
+    return any("hide" not in overlay.get_attribute("class").split()
+               for label in OUTPUTS for overlay in block(driver, label).find_elements(By.CSS_SELECTOR, "div.wrap"))
+
+
+def app_errors(driver: webdriver.Chrome) -> None:
+    """Fail at once, with the app's message, when the page shows an error."""
+    errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")]
+    if errors:
+        raise RuntimeError(f"the app reported: {' / '.join(errors)}")
+
+
+def translate(driver: webdriver.Chrome, timeout: float = 120) -> dict[str, str]:
+    """Click Translate and wait until the run is over and the three outputs have loaded; returns {label: src}."""
+    before = summary(driver)
+    driver.find_element(By.XPATH, "//button[normalize-space()='Translate']").click()
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.2)
+    # The summary arrives a moment before the images, so "done" also needs the progress overlays gone.
+    wait.until(lambda d: app_errors(d) or busy(d) or summary(d) != before, "Translate did not start")
+
+    def done(driver: webdriver.Chrome) -> dict[str, str] | bool:
+        app_errors(driver)
+        if busy(driver) or not summary(driver):
+            return False
+        sources = {label: image_src(driver, label) for label in OUTPUTS}
+        return sources if all(sources.values()) else False
+
+    return wait.until(done, f"the outputs did not appear within {timeout:.0f} s")
+
+
+def open_and_upload(driver: webdriver.Chrome, url: str, image: Path, direction: str, timeout: float = 60) -> None:
+    """Load the page, put `image` into the "Image" input and pick the direction by its label."""
+    driver.get(url)
+    upload = WebDriverWait(driver, timeout).until(
+        lambda d: block(d, "Image").find_element(By.CSS_SELECTOR, "input[type=file]"),
+        "the Image upload did not appear")
+    upload.send_keys(str(Path(image).resolve()))
+    WebDriverWait(driver, timeout).until(lambda d: image_src(d, "Image"), "the upload was not shown")
+    driver.find_element(By.XPATH, f"//label[normalize-space()='{direction}']").click()
+
+
+def save_page(driver: webdriver.Chrome, path: Path, height: float | None = None, max_colors: int | None = None) -> Path:
+    """A PNG of the whole page (not just the window) or of its top `height` CSS pixels;
+    `max_colors` shrinks the file with a palette."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(height or size["height"], size["height"]), "scale": 1}
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                            "clip": clip})
+    image = Image.open(io.BytesIO(base64.b64decode(shot["data"])))
+    if max_colors:
+        image = image.convert("RGB").quantize(max_colors, method=Image.Quantize.MEDIANCUT)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    image.save(tmp, format="PNG", optimize=True)
+    tmp.replace(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="a horse photo to translate")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "screenshot.png")
+    parser.add_argument("--direction", default="horse → zebra", help="the direction's label on the page")
+    parser.add_argument("--colors", type=int, default=256, help="palette size; 0 keeps full colour")
+    args = parser.parse_args()
+    with serve_app() as url, chromium() as driver:
+        open_and_upload(driver, url, args.image, args.direction)
+        translate(driver)
+        # Down to the summary under the results; the examples table below adds nothing to a README.
+        bottom = driver.execute_script("return arguments[0].getBoundingClientRect().bottom + window.scrollY",
+                                       summary_element(driver))
+        path = save_page(driver, args.output, height=bottom + 12, max_colors=args.colors or None)
+    print(f"{path} ({path.stat().st_size / 1024:.0f} KB)")
+
+
+if __name__ == "__main__":
+    main()
