@@ -142,6 +142,7 @@ class Trainer:
         self.pool_A = ImagePool(config.pool_size, seed=config.seed + 1)
         self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2)
         self.step = 0
+        self.seconds = 0.0  # training time up to the last save, summed over resumed runs
 
     def set_lr(self, factor: float) -> float:
         lr = self.config.lr * factor
@@ -232,6 +233,7 @@ class Trainer:
         m = self.model
         state = {
             "step": self.step,
+            "seconds": self.seconds,
             "model_config": asdict(m.config),
             "train_config": asdict(self.config),
             **{name: getattr(m, name).state_dict() for name in ("G_AB", "G_BA", "D_A", "D_B")},
@@ -265,6 +267,7 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.seconds = float(state.get("seconds", 0.0))
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -284,6 +287,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     or checkpoint.prev.pt when a crash happened between the two renames of a save."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "checkpoint.pt").exists() and not (path / "checkpoint.prev.pt").exists():
+            raise FileNotFoundError(f"{path}: has no checkpoint.pt to resume from")
         path = path / "checkpoint.pt" if (path / "checkpoint.pt").exists() else path / "checkpoint.prev.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
@@ -441,13 +446,13 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
         total_steps = min(total_steps, config.max_steps)
 
     if main:
-        output.mkdir(parents=True, exist_ok=True)
         probe = output / ".write-test"
         try:
+            output.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"x")
             probe.unlink()
         except OSError as e:
-            raise RuntimeError(f"{output}: output directory is not writable ({e.strerror})") from None
+            raise RuntimeError(f"{output}: output directory cannot be created or written to ({e.strerror})") from None
 
     trainer = Trainer(config, model_config, device, distributed)
     if resume_state is not None:
@@ -471,12 +476,14 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
         stop["signal"] = signal.Signals(signum).name
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def save(final: bool = False) -> None:
+    def save() -> None:
         if not main:
             return
+        trainer.seconds = seconds_before + time.time() - start_time
         save_checkpoint(trainer.state_dict(), output / "checkpoint.pt")
         trainer.model.info = {**info_training, "steps": trainer.step,
                               "epochs": round(trainer.step / steps_per_epoch, 3),
+                              "train_seconds": round(trainer.seconds),
                               "image_size": config.crop_size, "lambda_identity": config.lambda_identity}
         trainer.model.save_pretrained(output / "model")
         log.plot()
@@ -485,7 +492,7 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
         if main:
             save_samples(trainer.model, *samples, output / "samples" / f"step_{trainer.step:07d}.png")
 
-    start_time = time.time()
+    start_time, seconds_before = time.time(), trainer.seconds
     bar = tqdm(total=total_steps, initial=trainer.step, disable=not main, dynamic_ncols=True, unit="step")
     sums: dict[str, torch.Tensor] = {}
     count = 0
@@ -506,7 +513,7 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
                 if count == config.log_every or step == total_steps:
                     means = {k: float(v) / count for k, v in sums.items()}
                     if main:
-                        log.write(step, step / steps_per_epoch, means, lr, time.time() - start_time)
+                        log.write(step, step / steps_per_epoch, means, lr, seconds_before + time.time() - start_time)
                         bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
                     sums, count = {}, 0
                 at_epoch_end = step % steps_per_epoch == 0

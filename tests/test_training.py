@@ -109,7 +109,10 @@ def test_resume_matches_an_uninterrupted_run(dataroot, tmp_path):
             assert torch.allclose(v, b[name][k], atol=1e-6), f"{name}.{k}"
     assert len(a["pool_A"]["images"]) == len(b["pool_A"]["images"]) == 9
     with open(tmp_path / "split" / "losses.csv") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 10))
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 10))
+    seconds = [float(r["seconds"]) for r in rows]
+    assert seconds == sorted(seconds) and b["seconds"] >= seconds[3]  # time adds up across the resume
     assert a["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 1 / 7))
 
 
