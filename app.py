@@ -189,7 +189,11 @@ def _example_images() -> list[list[str]]:
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
+    # System fonts: the page then needs no web fonts, offline included, and renders every glyph.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
     build_demo().queue(default_concurrency_limit=CONCURRENCY, max_size=64).launch(
+        theme=theme,
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         max_file_size=os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"),
