@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -29,9 +29,42 @@ class ImageError(ValueError):
     """An image that cannot be read; the message names the file and what is wrong."""
 
 
+# EXIF orientation -> the transpose that shows the picture upright.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    # Not ImageOps.exif_transpose: it re-encodes the EXIF block, which raises struct.error on a
+    # corrupt one. EXIF is only metadata, so a block that cannot be parsed leaves the pixels as stored.
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:
+        return image
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
+def _unidentified(source: str | os.PathLike) -> str:
+    """Why Pillow could not identify a file, as precisely as its first bytes tell."""
+    try:
+        with open(source, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        head = b"?"
+    if not head:
+        return "the file is empty"
+    if head[4:8] == b"ftyp":  # ISO media: HEIC/HEIF/AVIF photos, or a video
+        brand = head[8:12].decode("ascii", "replace").strip()
+        return f"HEIC/HEIF/AVIF or video file ({brand}) is not supported; convert it to JPEG or PNG"
+    return "not an image file or an unsupported format"
+
+
 def load_rgb(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open any image (path or PIL) as 8-bit RGB: EXIF orientation applied, first frame of an
-    animation, transparency composited on white, 16-bit and float scaled, CMYK/palette converted."""
+    animation, transparency composited on white, 16-bit and float scaled, CMYK/palette converted.
+    Anything that cannot be read raises ImageError with a one-line message naming the file."""
     name = "image" if isinstance(source, Image.Image) else str(source)
     try:
         if isinstance(source, Image.Image):
@@ -42,18 +75,27 @@ def load_rgb(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_PIXE
             raise ImageError(f"{name}: {image.width}x{image.height} is larger than the limit of {max_pixels:,} pixels")
         image.seek(0)
         image.load()
-        image = ImageOps.exif_transpose(image)
+        image = _upright(image)
     except ImageError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, checked when the header is read
         raise ImageError(f"{name}: image is larger than the limit of {min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS):,} "
                          "pixels") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file or an unsupported format") from None
+        raise ImageError(f"{name}: {_unidentified(source)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: cannot be decoded ({e})") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name}: image has no pixels")
+    try:
+        rgb = _to_rgb(image)
+    except (ValueError, OSError) as e:  # a mode Pillow cannot convert
+        raise ImageError(f"{name}: cannot be converted to RGB from mode {image.mode} ({e})") from None
+    rgb.info = {}  # orientation and transparency are applied: reading the result again changes nothing
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         array = np.asarray(image, dtype=np.float64)
         scale = 255.0 if image.mode == "F" and array.max() <= 1.0 else (257.0 if array.max() > 255 else 1.0)

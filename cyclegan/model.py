@@ -122,17 +122,24 @@ class CycleGAN(nn.Module):
             raise ValueError(f"{config_path}: expected a JSON object")
         config = ModelConfig.from_dict(raw, source=str(config_path))
         names = {f.name for f in dataclasses.fields(ModelConfig)} | {"model_type"}
-        model = cls(config, info={k: v for k, v in raw.items() if k not in names})
+        # Built without memory (meta tensors) and given the file's tensors only once their names and
+        # shapes match: a wrong or hostile config.json (ngf=100000) cannot allocate anything.
+        with torch.device("meta"):
+            model = cls(config, info={k: v for k, v in raw.items() if k not in names})
         try:
             tensors = load_file(weights_path)
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"{weights_path}: cannot be read as safetensors ({e})") from None
-        state = {k: v.float() for k, v in tensors.items()}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            detail = " ".join(str(e).split())
-            raise ValueError(f"{weights_path}: does not match {config_path} ({detail[:400]})") from None
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected:
+            wrong = [f"{k} is {found[k]}, expected {v}" for k, v in expected.items() if k in found and found[k] != v]
+            missing, extra = [k for k in expected if k not in found], [k for k in found if k not in expected]
+            problems = wrong[:3] + ([f"{len(missing)} missing ({missing[0]}, ...)"] if missing else []) + \
+                ([f"{len(extra)} unexpected ({extra[0]}, ...)"] if extra else [])
+            raise ValueError(f"{weights_path}: does not match {config_path} (ngf={config.ngf}, "
+                             f"n_blocks={config.n_blocks}, affine_norm={config.affine_norm}): {'; '.join(problems)}")
+        model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
         return model.to(device).eval()
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,

@@ -67,7 +67,7 @@ def test_animated_gif_gives_its_first_frame(tmp_path):
     assert load_rgb(path).getpixel((0, 0))[0] > 200
 
 
-@pytest.mark.parametrize("content, message", [(b"", "not an image"), (b"hello, I am text", "not an image")])
+@pytest.mark.parametrize("content, message", [(b"", "the file is empty"), (b"hello, I am text", "not an image")])
 def test_unreadable_files_raise_image_error_naming_the_file(tmp_path, content, message):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
