@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.server
 import io
 import random
+import socket
 import threading
 import zipfile
 from pathlib import Path
@@ -16,6 +17,13 @@ from PIL import Image
 from cyclegan import CycleGAN, ModelConfig
 
 TINY = ModelConfig(ngf=8, ndf=8, n_blocks=2, n_layers=2, domain_A="horse", domain_B="zebra")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int] = (40, 36), seed: int = 0, color=(200, 60, 40)) -> list[Path]:

@@ -1,6 +1,5 @@
 """The Gradio app: image handling and tiling in the package, then `python app.py` as a user runs it,
 called through gradio_client."""
-import io
 from pathlib import Path
 
 import numpy as np

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from safetensors import safe_open
 
 from cyclegan import CycleGAN
 from cyclegan.hub import main as hub_main
-from tests.conftest import TINY
+from tests.conftest import TINY, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("config.json", "model.safetensors", "README.md")
@@ -118,12 +117,6 @@ class HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if send_body:
             self.wfile.write(body)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def use_endpoint(monkeypatch, tmp_path: Path, endpoint: str) -> None:

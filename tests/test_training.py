@@ -13,7 +13,7 @@ import torch
 
 from cyclegan import CycleGAN
 from cyclegan.training import Trainer, TrainConfig, load_checkpoint, lr_factor, train
-from tests.conftest import TINY
+from tests.conftest import TINY, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--n-layers", "2", "--load-size", "36",
@@ -185,7 +185,7 @@ def test_ddp_with_two_cpu_processes(dataroot, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", "0", str(ROOT / "train.py"),
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "train.py"),
                              "--dataroot", str(dataroot), "--output", str(out), "--max-steps", "4",
                              "--log-every", "1", *TINY_FLAGS], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=300)
