@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .data import load_rgb, to_image, to_tensor
-from .networks import Discriminator, Generator, init_weights
+from .networks import Discriminator, FastConv2d, Generator, init_weights
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 DIRECTIONS = ("A2B", "B2A")
@@ -64,7 +64,7 @@ class CycleGAN(nn.Module):
     """G_AB translates domain A to B and G_BA back; D_A and D_B exist only when training."""
 
     def __init__(self, config: ModelConfig | None = None, with_discriminators: bool = False,
-                 info: dict | None = None) -> None:
+                 info: dict | None = None, fast: bool = True) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         # Training recipe, steps, dataset and measured metrics: carried into config.json and the card.
@@ -75,6 +75,17 @@ class CycleGAN(nn.Module):
         if with_discriminators:
             self.D_A = Discriminator(c.ndf, c.n_layers)
             self.D_B = Discriminator(c.ndf, c.n_layers)
+        self.set_fast(fast)
+
+    def set_fast(self, enabled: bool = True) -> "CycleGAN":
+        """Switch the fast paths on (the default) or off. On the CPU the generators' stride-1
+        convolutions run through NNPACK (FastConv2d); on CUDA, translate and cycle run in bf16
+        (fp16 where bf16 is missing) and channels_last. Off, everything is PyTorch's float32 default."""
+        self.fast = enabled
+        for m in self.modules():
+            if isinstance(m, FastConv2d):
+                m.fast = enabled
+        return self
 
     def init_weights(self, seed: int = 0) -> "CycleGAN":
         generator = torch.Generator().manual_seed(seed)
@@ -160,18 +171,11 @@ class CycleGAN(nn.Module):
     def _run(self, net: Generator, x: torch.Tensor, max_side: int | None, large: str, tile: int,
              overlap: int) -> torch.Tensor:
         """Apply `net` to a batch of one image (1, 3, H, W) of any size and return the same size."""
-        h, w = x.shape[-2:]
-        if max_side is not None and max(h, w) > max_side:
-            if large == "downscale":
-                scale = max_side / max(h, w)
-                small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))),
-                                      mode="bicubic", align_corners=False, antialias=True)
-                y = self._run(net, small, None, large, tile, overlap)
-                return F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
-            if large == "tile":
-                return run_tiled(net, x, tile, overlap)
-            raise ValueError(f"large={large!r}: choose 'tile' or 'downscale'")
-        return run_padded(net, x)
+        if self.fast and x.device.type == "cuda":  # tensor cores: half precision, channels_last
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                return run_any_size(_channels_last(net), x, max_side, large, tile, overlap)
+        return run_any_size(net, x, max_side, large, tile, overlap)
 
     def _prepare(self, image) -> torch.Tensor:
         device = next(self.parameters()).device
@@ -194,6 +198,29 @@ class CycleGAN(nn.Module):
         fake = self._run(G, self._prepare(image), max_side, large, tile, overlap)
         rec = self._run(F_, fake, max_side, large, tile, overlap)
         return to_image(fake[0]), to_image(rec[0])
+
+
+def run_any_size(net: nn.Module, x: torch.Tensor, max_side: int | None, large: str = "tile", tile: int = 512,
+                 overlap: int = 64) -> torch.Tensor:
+    """`net` on one image (1, 3, H, W): padded, or in tiles or downscaled above `max_side`; same size out."""
+    h, w = x.shape[-2:]
+    if max_side is not None and max(h, w) > max_side:
+        if large == "downscale":
+            scale = max_side / max(h, w)
+            small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                  mode="bicubic", align_corners=False, antialias=True)
+            y = run_padded(net, small)
+            return F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+        if large == "tile":
+            return run_tiled(net, x, tile, overlap)
+        raise ValueError(f"large={large!r}: choose 'tile' or 'downscale'")
+    return run_padded(net, x)
+
+
+def _channels_last(net: nn.Module):
+    """`net` as a function of float32 NCHW images that runs it in channels_last, the layout GPUs'
+    tensor cores convolve fastest, and returns float32."""
+    return lambda x: net(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 def run_padded(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
