@@ -1,0 +1,71 @@
+"""Turn a training run into a bundled preview model: evaluate it on the test split, record how it
+was trained, and write a float16 model folder (config.json with the metrics, model card).
+
+    python scripts/export_preview.py ~/runs/h2z-identity weights/horse2zebra-identity \
+        --dataroot ../shared/datasets/horse2zebra --command "python train.py ..." --command "python train.py --resume ..."
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cyclegan import CycleGAN  # noqa: E402
+from cyclegan.evaluate import evaluate  # noqa: E402
+from cyclegan.training import load_checkpoint  # noqa: E402
+
+
+def training_seconds(run: Path) -> float:
+    """From the checkpoint, or (runs before it was recorded) the sum of losses.csv's segments:
+    its clock restarts at each resume."""
+    seconds = load_checkpoint(run).get("seconds")
+    if seconds:
+        return float(seconds)
+    total, last = 0.0, 0.0
+    with open(run / "losses.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            s = float(row["seconds"])
+            if s < last:
+                total += last
+            last = s
+    return total + last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="run directory of train.py (with model/ and checkpoint.pt)")
+    parser.add_argument("out", type=Path, help="model folder to write")
+    parser.add_argument("--dataroot", required=True, help="dataset with testA/ and testB/")
+    parser.add_argument("--command", action="append", default=[], help="a command the run was made with")
+    parser.add_argument("--machine", default=f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, "
+                                             f"torch {torch.__version__}")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+
+    model = CycleGAN.from_pretrained(args.run / "model")
+    results = evaluate(model, args.dataroot, "both", args.size)
+    metrics = {}
+    for d in ("A2B", "B2A"):
+        r = results[d]
+        metrics.update({f"FID {r['domains']}": round(r["fid"], 2), f"KID {r['domains']}": round(r["kid"], 4),
+                        f"cycle L1 {r['domains']}": round(r["cycle_l1"], 4),
+                        f"reference FID {r['domains']} (untranslated)": round(r["reference_fid"], 2)})
+    seconds = training_seconds(args.run)
+    model.info["training"] = {**model.info.get("training", {}), "commands": args.command,
+                              "machine": args.machine, "wall_time_hours": round(seconds / 3600, 2)}
+    model.info["metrics"] = metrics
+    model.info["evaluation"] = (f"python -m cyclegan.evaluate --model {args.out} --dataroot <horse2zebra> "
+                                f"--size {args.size}: test split, {results['features']}")
+    model.save_pretrained(args.out, dtype="float16")
+    print(json.dumps({"out": str(args.out), "metrics": metrics, "wall_time_hours": round(seconds / 3600, 2)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
