@@ -116,7 +116,7 @@ def describe(source: str) -> str:
                      f"λ_identity={training.get('lambda_identity', '?')}")
     metrics = info.get("metrics") or {}
     if metrics:
-        lines.append(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        lines.append(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     return " · ".join(lines)
 
 

@@ -322,11 +322,19 @@ def model_card(config: ModelConfig, info: dict) -> str:
     training = info.get("training")
     if training:
         lines += ["## Training", ""]
-        lines += [f"- {k}: `{v}`" for k, v in training.items()]
+        for k, v in training.items():
+            if isinstance(v, list):  # e.g. the commands of a run that was resumed
+                lines += [f"- {k}:", "", "```", *map(str, v), "```", ""]
+            else:
+                lines.append(f"- {k}: `{v}`")
         lines.append("")
+    if info.get("steps"):
+        lines += [f"Trained {info['steps']:,} steps ({info.get('epochs', '?')} epochs) at {info.get('image_size', '?')} px.", ""]
     metrics = info.get("metrics")
     if metrics:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         lines.append("")
+        if info.get("evaluation"):
+            lines += [f"Measured with `{info['evaluation']}`.", ""]
     return "\n".join(lines)

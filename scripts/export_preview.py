@@ -19,15 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cyclegan import CycleGAN  # noqa: E402
 from cyclegan.evaluate import evaluate  # noqa: E402
-from cyclegan.training import load_checkpoint  # noqa: E402
 
 
 def training_seconds(run: Path) -> float:
-    """From the checkpoint, or (runs before it was recorded) the sum of losses.csv's segments:
-    its clock restarts at each resume."""
-    seconds = load_checkpoint(run).get("seconds")
-    if seconds:
-        return float(seconds)
+    """Training time from losses.csv: its clock restarts at each resume of runs made before the
+    checkpoint kept the time, so the segments are added up (later runs have one segment)."""
     total, last = 0.0, 0.0
     with open(run / "losses.csv", newline="") as f:
         for row in csv.DictReader(f):
