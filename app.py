@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no analytics calls
+# Before torch is imported: OpenMP threads that sleep between operations, instead of spinning, leave
+# the cores to NNPACK's convolutions (the generators' fast path) and to the web server's threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr
 import numpy as np

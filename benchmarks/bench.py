@@ -8,7 +8,9 @@ eager PyTorch beside the fast paths), the app end to end, a 4096x3072 photo, and
 
 Every timing is wall-clock, after warm-up, over interleaved repeats (so that a change in machine
 load hits all variants alike), reported as min and median; speed-ups are ratios of medians from
-the same run.
+the same run. On the CPU the generator is measured in two fresh processes: one with OpenMP's
+default (spinning) wait policy, one with OMP_WAIT_POLICY=PASSIVE, which app.py sets and under
+which the NNPACK fast path is on; speed-ups are against the faster of the two plain runs.
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ def machine_info() -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "nnpack": torch.backends.nnpack.is_available(), "git_commit": commit,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -176,7 +179,8 @@ def bench_conv_layers(size: int, repeats: int) -> list[dict]:
 
 # ---- generator latency --------------------------------------------------------------------------
 
-def bench_generators(device: torch.device, sizes: list[int], repeats: dict[int, int]) -> list[dict]:
+def bench_generators(device: torch.device, sizes: list[int], repeats: dict[int, int],
+                     naive_only: bool = False) -> list[dict]:
     """One image through a generator the way translate() runs it: plain eager float32 against the
     fast path (NNPACK on the CPU; bf16 autocast and channels_last on CUDA, and that compiled)."""
     rows = []
@@ -187,6 +191,11 @@ def bench_generators(device: torch.device, sizes: list[int], repeats: dict[int, 
             x = to_tensor(photo(size, size)).unsqueeze(0).to(device)
             variants = {"naive": lambda: naive._run(naive.G_AB, x, None, "tile", 512, 64),
                         "fast": lambda: fast._run(fast.G_AB, x, None, "tile", 512, 64)}
+            if naive_only:
+                t = timed({"naive": variants["naive"]}, repeats[size], 1, device)
+                rows.append({"model": label, "size": size, "naive_s": t["naive"]})
+                print(f"  {label} {size}px: naive {t['naive']['median']:.3f}s", flush=True)
+                continue
             if device.type == "cuda":
                 compiled = torch.compile(fast.G_AB)
                 variants["fast+compile"] = lambda: fast._run(compiled, x, None, "tile", 512, 64)
@@ -206,6 +215,34 @@ def bench_generators(device: torch.device, sizes: list[int], repeats: dict[int, 
     return rows
 
 
+def run_child(args: list[str], omp_wait_policy: str | None) -> dict:
+    """This script in a fresh process (OpenMP reads its wait policy once, at start-up); its results."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "child.json"
+        subprocess.run([sys.executable, __file__, *args, "--child", "--threads", str(torch.get_num_threads()),
+                        "--out", str(out)], check=True, cwd=ROOT, env=env)
+        return json.loads(out.read_text())
+
+
+def generators_under_both_policies(quick: bool) -> tuple[list[dict], list[dict]]:
+    """(convolution kernels, generator rows): NNPACK's numbers from the PASSIVE process, plain eager
+    from both; the speed-up is against the faster plain run."""
+    flags = ["--quick"] if quick else []
+    passive = run_child(["--only", "layers,generator", *flags], "PASSIVE")
+    spinning = run_child(["--only", "generator", "--naive-only", *flags], None)
+    rows = passive["generator"]
+    for row, other in zip(rows, spinning["generator"]):
+        row["naive_passive_s"] = row.pop("naive_s")
+        row["naive_spinning_s"] = other["naive_s"]
+        best = min(row["naive_passive_s"]["median"], row["naive_spinning_s"]["median"])
+        row["fast_speedup_same_process"] = row["fast_speedup"]
+        row["fast_speedup"] = best / row["fast_s"]["median"]
+    return passive.get("conv_layers", []), rows
+
+
 # ---- the app end to end ---------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -214,13 +251,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_app(requests: int, warmup: int = 2) -> dict:
+def bench_app(requests: int, warmup: int = 2, extra_env: dict | None = None) -> dict:
     """`python app.py` in a subprocess, driven through gradio_client: latency of /translate for one
     client and for 4 concurrent ones, and the model time the app itself reports in its summary."""
     from gradio_client import Client, handle_file
 
     port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), **(extra_env or {})}
     env.pop("CYCLEGAN_MODEL", None)
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,7 +321,7 @@ def bench_app(requests: int, warmup: int = 2) -> dict:
             out["throughput_per_s"] = len(pairs) / wall
         return out
     return {"image": "256x256 JPEG, A2B with identity checkpoint (bundled preview model), cycle = 2 generator calls",
-            "startup_s": startup, "one_client": summary(single), "four_clients": summary(results, wall)}
+            "environment": extra_env or {}, "startup_s": startup, "one_client": summary(single), "four_clients": summary(results, wall)}
 
 
 # ---- a large photo ---------------------------------------------------------------------------------
@@ -310,9 +347,10 @@ def big_photo_child(model_name: str, device: str, width: int, height: int) -> No
 
 
 def bench_big_photo(model_name: str, device: torch.device, width: int = 4096, height: int = 3072) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # as in app.py
     result = subprocess.run([sys.executable, __file__, "--big-photo-child", model_name, "--device", device.type,
                              "--threads", str(torch.get_num_threads()), "--size", f"{width}x{height}"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -360,20 +398,18 @@ def bench_training(device: torch.device, setups: list[tuple[int, int, int]], rep
         model_config = ModelConfig(ngf=ngf, n_blocks=n_blocks)
         g = torch.Generator().manual_seed(0)
         batch = {"A": torch.rand(1, 3, size, size, generator=g) * 2 - 1, "B": torch.rand(1, 3, size, size, generator=g) * 2 - 1}
-        naive = Trainer(TrainConfig(fast_conv=False, amp="none"), model_config, device)
+        naive = Trainer(TrainConfig(amp="none"), model_config, device)
         naive.model.to(memory_format=torch.contiguous_format)
-        plain = Trainer(TrainConfig(fast_conv=False), model_config, device)
         optimised = Trainer(TrainConfig(), model_config, device)
         unchecked = Trainer(TrainConfig(), model_config, device)
         unchecked._check_finite = lambda loss, what: True  # how much the per-step NaN check costs
         variants = {"naive loop": lambda: naive_train_step(naive, batch),
-                    "train_step, PyTorch convolutions": lambda: plain.train_step(batch),
                     "train_step (default)": lambda: optimised.train_step(batch),
                     "train_step without NaN check": lambda: unchecked.train_step(batch)}
         if device.type == "cuda":
             compiled = Trainer(TrainConfig(compile=True), model_config, device)
             variants["train_step + torch.compile"] = lambda: compiled.train_step(batch)
-        for t in (naive, plain, optimised, unchecked):
+        for t in (naive, optimised, unchecked):
             t.model.train()
         t = timed(variants, repeats, 2 if device.type == "cuda" else 1, device)
         base = t["naive loop"]["median"]
@@ -423,27 +459,46 @@ def report(r: dict) -> str:
         lines += [f"| {x['layer']} | {ms(x['pytorch_s'])} | {ms(x['nnpack_s'])} | {x['speedup']:.2f}x | "
                   f"{'yes' if x['in_fast_path'] else 'no'} |" for x in r["conv_layers"]]
         lines.append("")
-    if r.get("generator"):
+    if r.get("generator") and "naive_spinning_s" in r["generator"][0]:
+        lines += ["Generator forward as translate() runs it, one image (ms, min / median; speed-up against the "
+                  "faster plain run; max / mean |fast - plain| on the [-1, 1] output scale):", "",
+                  "| model | size | plain eager fp32, OpenMP default | plain, OMP_WAIT_POLICY=PASSIVE | "
+                  "fast (NNPACK, PASSIVE) | speed-up | max diff | mean diff |", "|---|---|---|---|---|---|---|---|"]
+        for x in r["generator"]:
+            lines.append(f"| {x['model']} | {x['size']} | {ms(x['naive_spinning_s'])} | {ms(x['naive_passive_s'])} | "
+                         f"{ms(x['fast_s'])} | {x['fast_speedup']:.2f}x | {x['fast_max_diff']:.1e} | "
+                         f"{x['fast_mean_diff']:.1e} |")
+        lines.append("")
+    elif r.get("generator"):
         extra = [k[:-2] for k in r["generator"][0] if k.endswith("_s") and k not in ("naive_s", "fast_s")]
-        lines += ["Generator forward, one image (ms, min / median; max / mean |difference| to naive on the [-1, 1] scale):", "",
-                  "| model | size | naive eager fp32 | fast | speed-up | max diff | mean diff |"
+        lines += ["Generator forward as translate() runs it, one image (ms, min / median; max / mean |difference| "
+                  "to plain on the [-1, 1] scale):", "",
+                  "| model | size | plain eager fp32 | fast | speed-up | max diff | mean diff |"
                   + "".join(f" {e} | speed-up |" for e in extra), "|---|---|---|---|---|---|---|" + "---|---|" * len(extra)]
         for x in r["generator"]:
+            if "fast_s" not in x:
+                continue
             lines.append(f"| {x['model']} | {x['size']} | {ms(x['naive_s'])} | {ms(x['fast_s'])} | "
                          f"{x['fast_speedup']:.2f}x | {x['fast_max_diff']:.1e} | {x['fast_mean_diff']:.1e} |"
                          + "".join(f" {ms(x[e + '_s'])} | {x[e + '_speedup']:.2f}x |" for e in extra))
         lines.append("")
     if r.get("app"):
         a = r["app"]
-        lines += [f"App end to end ({a['image']}; started in {a['startup_s']:.1f} s), ms:", "",
-                  "| clients | requests | latency p50 | latency p95 | model p50 | app overhead p50 | overhead p95 | throughput |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, n in (("one_client", 1), ("four_clients", 4)):
-            s = a[name]
-            tp = f"{s['throughput_per_s']:.2f}/s" if "throughput_per_s" in s else ""
-            lines.append(f"| {n} | {s['requests']} | {s['latency_s']['median'] * 1000:.0f} | {s['latency_s']['p95'] * 1000:.0f} | "
-                         f"{s['model_s']['median'] * 1000:.0f} | {s['overhead_s']['median'] * 1000:.0f} | "
-                         f"{s['overhead_s']['p95'] * 1000:.0f} | {tp} |")
+        lines += [f"App end to end through gradio_client ({a['image']}; app started in {a['startup_s']:.1f} s; "
+                  "overhead = request latency - the model time the app reports), ms:", "",
+                  "| app environment | clients | requests | latency p50 | latency p95 | model p50 | overhead p50 | "
+                  "overhead p95 | throughput |", "|---|---|---|---|---|---|---|---|---|"]
+        for a in (r["app"], r.get("app_omp_spinning")):
+            for name, n in (("one_client", 1), ("four_clients", 4)):
+                if a is None:
+                    continue
+                s = a[name]
+                tp = f"{s['throughput_per_s']:.2f}/s" if "throughput_per_s" in s else ""
+                env = ("OMP_WAIT_POLICY unset (spinning; NNPACK off)" if a.get("environment")
+                       else "as app.py sets it (PASSIVE; NNPACK on)")
+                lines.append(f"| {env} | {n} | {s['requests']} | {s['latency_s']['median'] * 1000:.0f} | "
+                             f"{s['latency_s']['p95'] * 1000:.0f} | {s['model_s']['median'] * 1000:.0f} | "
+                             f"{s['overhead_s']['median'] * 1000:.0f} | {s['overhead_s']['p95'] * 1000:.0f} | {tp} |")
         lines.append("")
     if r.get("big_photo"):
         lines += ["A 4096x3072 photo through CycleGAN.translate(max_side=1024, large='tile'), fresh process:", "",
@@ -472,7 +527,7 @@ def report(r: dict) -> str:
 def check_targets(r: dict) -> dict:
     targets = {}
     for row in r.get("generator", []):
-        if row["model"].startswith("default") and row["size"] in (256, 512):
+        if row["model"].startswith("default") and row["size"] in (256, 512) and "fast_s" in row:
             want = {256: 1.8, 512: 2.0}[row["size"]]
             ok = row["fast_speedup"] >= want and row["fast_max_diff"] <= 1e-3
             targets[f"default generator {row['size']} px >= {want}x, diff <= 1e-3"] = (
@@ -499,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--only", default="", help="comma-separated sections: layers,generator,app,big,training,data")
     parser.add_argument("--big-photo-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="4096x3072", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -515,16 +572,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['machine']['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {r['machine']['load_average_at_start']}", flush=True)
     started = time.perf_counter()
-    if "layers" in sections and device.type == "cpu" and torch.backends.nnpack.is_available():
+    in_children = device.type == "cpu" and not args.child and "generator" in sections
+    if in_children:
+        print("convolution kernels and generator latency, in two processes...", flush=True)
+        r["conv_layers"], r["generator"] = generators_under_both_policies(quick)
+    if "layers" in sections and not in_children and device.type == "cpu" and torch.backends.nnpack.is_available():
         print("convolution kernels...", flush=True)
         r["conv_layers"] = bench_conv_layers(256, 5 if quick else 15)
-    if "generator" in sections:
-        print("generator latency...", flush=True)
+    if "generator" in sections and not in_children:
+        print(f"generator latency (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})...", flush=True)
         sizes = [256, 512] if quick else [256, 512, 1024]
-        r["generator"] = bench_generators(device, sizes, {256: 3 if quick else 10, 512: 2 if quick else 6, 1024: 3})
+        r["generator"] = bench_generators(device, sizes, {256: 3 if quick else 10, 512: 2 if quick else 6, 1024: 3},
+                                          args.naive_only)
     if "app" in sections and device.type == "cpu":
         print("app through gradio_client...", flush=True)
         r["app"] = bench_app(8 if quick else 20)
+        if not quick:  # without app.py's OMP_WAIT_POLICY=PASSIVE: OpenMP spins, NNPACK stays off
+            r["app_omp_spinning"] = bench_app(20, extra_env={"OMP_WAIT_POLICY": ""})
     if "big" in sections:
         print("4096x3072 photo...", flush=True)
         r["big_photo"] = [bench_big_photo(name, device) for name in (["preview"] if quick else ["preview", "default"])
@@ -538,14 +602,15 @@ def main(argv: list[str] | None = None) -> int:
     r["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     r["seconds"] = time.perf_counter() - started
     r["targets"] = check_targets(r)
-    text = report(r)
-    print("\n" + text)
+    if not args.child:
+        print("\n" + report(r))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(r, indent=2) + "\n")
     os.replace(tmp, out)
-    print(f"\nwrote {out} ({r['seconds']:.0f} s)")
+    if not args.child:
+        print(f"\nwrote {out} ({r['seconds']:.0f} s)")
     return 0
 
 

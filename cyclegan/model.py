@@ -78,9 +78,9 @@ class CycleGAN(nn.Module):
         self.set_fast(fast)
 
     def set_fast(self, enabled: bool = True) -> "CycleGAN":
-        """Switch the fast paths on (the default) or off. On the CPU the generators' stride-1
-        convolutions run through NNPACK (FastConv2d); on CUDA, translate and cycle run in bf16
-        (fp16 where bf16 is missing) and channels_last. Off, everything is PyTorch's float32 default."""
+        """Switch the inference fast paths on (the default) or off. On the CPU the generators' stride-1
+        convolutions run through NNPACK where that pays (see FastConv2d); on CUDA, translate and cycle
+        run in bf16 (fp16 where bf16 is missing) and channels_last. Off, all is PyTorch's float32 default."""
         self.fast = enabled
         for m in self.modules():
             if isinstance(m, FastConv2d):

@@ -1,70 +1,44 @@
 """The networks of the CycleGAN paper: the ResNet generator and the 70x70 PatchGAN discriminator."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
-
-
-def _nnpack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: list[int]) -> torch.Tensor:
-    # NNPACK's path for batches is several times slower than its single-image one: run images one by one.
-    if x.shape[0] == 1:
-        return torch._nnpack_spatial_convolution(x, weight, bias, padding)
-    return torch.cat([torch._nnpack_spatial_convolution(image, weight, bias, padding) for image in x.split(1)])
-
-
-class _NnpackConvolution(torch.autograd.Function):
-    """A stride-1 convolution whose forward pass and input gradient run in NNPACK; the weight
-    gradient, which NNPACK does not compute, comes from PyTorch's own kernel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding):
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        return _nnpack(x, weight, bias, padding)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # The input gradient is the "full" convolution of the output gradient with the kernel
-            # flipped in space and transposed in channels: again a stride-1 convolution.
-            flipped = weight.flip(2, 3).transpose(0, 1).contiguous()
-            full = [weight.shape[2] - 1 - ctx.padding[0], weight.shape[3] - 1 - ctx.padding[1]]
-            grad_x = _nnpack(grad, flipped, None, full)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], ctx.padding, [1, 1], False,
-                [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        return grad_x, grad_w, grad_b, None
 
 
 class FastConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters, same state_dict) that on the CPU in float32 runs through NNPACK:
-    Winograd for 3x3 kernels and FFT for 7x7 ones do several times less arithmetic than PyTorch's
-    direct convolution. Results differ from nn.Conv2d's by rounding: at most ~1e-5 of the output's scale.
+    """nn.Conv2d (same parameters, same state_dict) that runs inference on the CPU through NNPACK:
+    Winograd for 3x3 kernels and FFT for 7x7 ones do a fraction of the arithmetic of PyTorch's
+    direct convolution. Results differ from nn.Conv2d's by rounding (at most ~1e-5 of the output's scale).
 
-    Only stride-1 convolutions qualify; anything else (another device or dtype, torch.compile or
-    export tracing, NNPACK missing or failing, or `fast = False`) takes nn.Conv2d's own path.
+    NNPACK is used for float32 CPU inputs outside autograd (it has no backward), one image at a time
+    (its batch path is several times slower), and only where it pays: with one torch thread, or when
+    OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE, which app.py sets). Otherwise OpenMP's threads
+    spin between PyTorch's operations and take the cores from NNPACK's own threads, which makes the
+    whole generator slower than without NNPACK (measured in benchmarks/bench.py). Anything else,
+    `fast = False`, torch.compile or export tracing, or NNPACK missing or failing takes nn.Conv2d's path.
     """
 
     fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast and self._nnpack_applies(x):
+            padding = list(self.padding)
             try:
-                return _NnpackConvolution.apply(x.contiguous(), self.weight, self.bias, list(self.padding))
+                out = [torch._nnpack_spatial_convolution(image, self.weight, self.bias, padding)
+                       for image in x.contiguous().split(1)]
+                return out[0] if len(out) == 1 else torch.cat(out)
             except RuntimeError:  # an NNPACK limit or error: the ordinary path gives the same result
                 pass
         return super().forward(x)
 
     def _nnpack_applies(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return (not needs_grad and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
                 and x.dim() == 4 and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and (torch.get_num_threads() == 1 or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and torch.backends.nnpack.is_available())
 
@@ -111,8 +85,9 @@ class Generator(nn.Module):
         def norm(channels: int) -> nn.InstanceNorm2d:
             return nn.InstanceNorm2d(channels, affine=affine_norm)
 
-        # The stride-1 convolutions (stem, blocks, head) are FastConv2d: faster through NNPACK on the
-        # CPU. NNPACK is slower than PyTorch at the stride-2 ones (benchmarks/bench.py measures each).
+        # The stride-1 convolutions (stem, blocks, head) are FastConv2d: faster through NNPACK for
+        # inference on the CPU. NNPACK is slower than PyTorch at the stride-2 and transposed ones
+        # (benchmarks/bench.py measures each kind), which stay as they are.
         self.stem = nn.Sequential(
             nn.ReflectionPad2d(3), FastConv2d(in_channels, ngf, 7), norm(ngf), nn.ReLU(inplace=True)
         )

@@ -57,8 +57,6 @@ class TrainConfig:
     amp: str = _opt("mixed precision on CUDA (auto: bf16 where supported)", default="auto",
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
-    fast_conv: bool = _opt("on the CPU, run the generators' stride-1 convolutions through NNPACK "
-                           "(Winograd/FFT; same maths, about 1.2x faster steps)", default=True)
     workers: int = _opt("data loading processes", default=2)
     seed: int = _opt("seed of initialisation, data order and augmentation", default=0)
     max_steps: int = _opt("stop when the total step count reaches this (0: run the whole schedule)", default=0)
@@ -116,8 +114,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, model_config: ModelConfig, device: torch.device | str = "cpu",
                  distributed: bool = False) -> None:
         self.config, self.device = config, torch.device(device)
-        self.model = CycleGAN(model_config, with_discriminators=True, fast=config.fast_conv)
-        self.model.init_weights(config.seed).to(self.device)
+        self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
         cuda = self.device.type == "cuda"
         if cuda:
             self.model.to(memory_format=torch.channels_last)
@@ -463,7 +460,7 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
     info_training = {"dataset": config.dataset or dataroot.name,
                      "training": {k: v for k, v in asdict(config).items()
                                   if k not in ("dataset", "dataroot", "data_dir", "dataset_url", "output", "resume",
-                                               "push_to_hub", "workers", "fast_conv", "save_every", "sample_every",
+                                               "push_to_hub", "workers", "save_every", "sample_every",
                                                "log_every", "n_samples")}}
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         pin_memory=device.type == "cuda", drop_last=True,

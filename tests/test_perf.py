@@ -1,5 +1,6 @@
-"""The fast paths compute what the plain ones do: NNPACK convolutions against PyTorch's, their
-fallbacks, and Trainer.train_step's batched calls against separate ones (benchmarks/bench.py's naive loop)."""
+"""The fast paths compute what the plain ones do: NNPACK convolutions against PyTorch's, the cases
+that fall back to PyTorch's, and Trainer.train_step's batched calls against separate ones
+(benchmarks/bench.py's naive loop)."""
 import copy
 import importlib.util
 from pathlib import Path
@@ -34,6 +35,12 @@ def image(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return (0.8 * low + 0.2 * torch.rand(n, 3, h, w, generator=g)) * 2 - 1
 
 
+@pytest.fixture
+def passive_openmp(monkeypatch):
+    """The setting app.py makes, under which FastConv2d uses NNPACK with several threads."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def nnpack_calls(monkeypatch) -> list:
     calls = []
     original = torch._nnpack_spatial_convolution
@@ -47,7 +54,7 @@ def nnpack_calls(monkeypatch) -> list:
 
 @needs_nnpack
 @pytest.mark.parametrize("case", ["tiny 36x44", "preview 128x128", "mid 96x80"])
-def test_fast_generator_matches_plain(case, monkeypatch):
+def test_fast_generator_matches_plain(case, monkeypatch, passive_openmp):
     if case.startswith("preview"):
         if not PREVIEW.is_dir():
             pytest.skip("bundled preview weights are missing")
@@ -70,7 +77,7 @@ def test_fast_generator_matches_plain(case, monkeypatch):
 
 
 @needs_nnpack
-def test_translate_and_cycle_use_the_fast_path_by_default():
+def test_translate_and_cycle_use_the_fast_path_by_default(passive_openmp):
     model = CycleGAN(TINY).init_weights(seed=2).eval()
     assert model.fast and all(m.fast for m in model.modules() if isinstance(m, FastConv2d))
     from PIL import Image
@@ -84,7 +91,7 @@ def test_translate_and_cycle_use_the_fast_path_by_default():
 
 
 @needs_nnpack
-def test_tiled_batches_match_plain():
+def test_tiled_batches_match_plain(passive_openmp):
     model = CycleGAN(TINY).init_weights(seed=3).eval()
     x = image(1, 72, 100)
     with torch.inference_mode():
@@ -93,11 +100,37 @@ def test_tiled_batches_match_plain():
     assert fast.shape == x.shape and (fast - plain).abs().max() < TOLERANCE
 
 
+@needs_nnpack
+def test_nnpack_only_where_it_pays(monkeypatch):
+    """Several threads and OpenMP's default spinning: plain path; one thread, or passive waiting: NNPACK."""
+    model = CycleGAN(TINY).init_weights(seed=5).eval()
+    x = image(1, 32, 32)
+    calls = nnpack_calls(monkeypatch)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with torch.inference_mode():
+        assert torch.equal(model.G_AB(x), plain_copy(model).G_AB(x)) and not calls
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        model.G_AB(x)
+        assert len(calls) == 2 * TINY.n_blocks + 2
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+        model.G_AB(x)
+        assert len(calls) == 2 * (2 * TINY.n_blocks + 2)
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_fallbacks_give_exactly_the_plain_result(monkeypatch):
+def test_fallbacks_give_exactly_the_plain_result(monkeypatch, passive_openmp):
     model = CycleGAN(TINY).init_weights(seed=4).eval()
     plain = plain_copy(model)
     x = image(2, 32, 40)
+    # autograd (training): NNPACK has no backward
+    assert torch.equal(model.G_BA(x), plain.G_BA(x))
+    x_grad = x.clone().requires_grad_()
+    y = model.G_BA(x_grad)
+    assert torch.equal(y, plain.G_BA(x))
+    y.mean().backward()
+    assert x_grad.grad is not None and model.G_BA.blocks[0].conv1.weight.grad is not None
     with torch.inference_mode():
         expected = plain.G_BA(x)
         # float64: NNPACK is float32 only
@@ -118,7 +151,8 @@ def test_fallbacks_give_exactly_the_plain_result(monkeypatch):
     with torch.inference_mode():
         assert (run_padded(_channels_last(model.G_BA), x) - expected).abs().max() < TOLERANCE
     # tracing for export records PyTorch's own convolution, never NNPACK's
-    traced = torch.jit.trace(model.G_BA, x[:1], check_trace=False)
+    with torch.no_grad():
+        traced = torch.jit.trace(model.G_BA, x[:1], check_trace=False)
     assert "nnpack" not in str(traced.inlined_graph)
 
 
@@ -143,27 +177,6 @@ def test_state_dict_is_unchanged():
         assert set(load_file(PREVIEW / "model.safetensors")) == set(CycleGAN(ModelConfig(ngf=32, n_blocks=6)).state_dict())
 
 
-@needs_nnpack
-@pytest.mark.parametrize("padding,bias", [(0, True), (1, False), (3, True)])
-def test_fast_convolution_gradients_match(padding, bias):
-    torch.manual_seed(0)
-    fast = FastConv2d(6, 5, 7 if padding == 3 else 3, padding=padding, bias=bias)
-    plain = nn.Conv2d(6, 5, fast.kernel_size, padding=padding, bias=bias)
-    plain.load_state_dict(fast.state_dict())
-    x1 = torch.randn(3, 6, 19, 23, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_()
-    y1, y2 = fast(x1), plain(x2)
-    target = torch.randn_like(y1)
-    (y1 * target).sum().backward()
-    (y2 * target).sum().backward()
-    scale = y2.abs().max()
-    assert (y1 - y2).abs().max() < 1e-5 * scale
-    assert (x1.grad - x2.grad).abs().max() < 1e-5 * x2.grad.abs().max()
-    assert (fast.weight.grad - plain.weight.grad).abs().max() < 1e-5 * plain.weight.grad.abs().max()
-    if bias:
-        assert torch.allclose(fast.bias.grad, plain.bias.grad, rtol=1e-5, atol=1e-5)
-
-
 def load_bench():
     spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
     module = importlib.util.module_from_spec(spec)
@@ -171,12 +184,11 @@ def load_bench():
     return module
 
 
-@pytest.mark.parametrize("fast_conv", [True, False])
-def test_train_step_matches_the_naive_loop(fast_conv):
+def test_train_step_matches_the_naive_loop():
     """Trainer.train_step (G(x) batched with the identity G(y), D frozen, real and fake through D in
     one call) against benchmarks/bench.py's naive loop: the same losses and gradients."""
     naive_train_step = load_bench().naive_train_step
-    config = TrainConfig(fast_conv=fast_conv, lambda_identity=0.5)
+    config = TrainConfig(lambda_identity=0.5)
     optimised, naive = Trainer(config, TINY), Trainer(config, TINY)
     for step in range(2):
         # Both start from the same state: otherwise Adam, whose first steps are about lr * sign(grad),
