@@ -22,14 +22,12 @@ import os
 import platform
 import re
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +41,9 @@ from cyclegan import CycleGAN, ModelConfig  # noqa: E402
 from cyclegan.data import to_tensor  # noqa: E402
 from cyclegan.losses import adversarial_loss, cycle_loss, discriminator_loss, identity_loss  # noqa: E402
 from cyclegan.training import Trainer, TrainConfig  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from screenshot import serve_app  # noqa: E402
 
 PREVIEW = ROOT / "weights" / "horse2zebra-identity"
 PHOTOS = [ROOT / "datasets" / "horse2zebra" / "testA", ROOT.parent / "shared" / "datasets" / "horse2zebra" / "testA"]
@@ -245,38 +246,16 @@ def generators_under_both_policies(quick: bool) -> tuple[list[dict], list[dict]]
 
 # ---- the app end to end ---------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_app(requests: int, warmup: int = 2, extra_env: dict | None = None) -> dict:
     """`python app.py` in a subprocess, driven through gradio_client: latency of /translate for one
     client and for 4 concurrent ones, and the model time the app itself reports in its summary."""
     from gradio_client import Client, handle_file
 
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), **(extra_env or {})}
-    env.pop("CYCLEGAN_MODEL", None)
-    url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "horse.jpg"
         photo(256, 256).save(image, quality=95)
-        log = open(Path(tmp) / "app.log", "w")
         start = time.perf_counter()
-        app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            while True:
-                if app.poll() is not None:
-                    raise RuntimeError(f"app.py exited with {app.returncode}: {(Path(tmp) / 'app.log').read_text()[-2000:]}")
-                try:
-                    urllib.request.urlopen(url, timeout=2)
-                    break
-                except OSError:
-                    if time.perf_counter() - start > 180:
-                        raise RuntimeError("app.py did not answer within 180 s") from None
-                    time.sleep(0.3)
+        with serve_app(**(extra_env or {})) as url:
             startup = time.perf_counter() - start
 
             def one(client) -> tuple[float, float]:
@@ -306,13 +285,6 @@ def bench_app(requests: int, warmup: int = 2, extra_env: dict | None = None) -> 
             for t in threads:
                 t.join()
             wall = time.perf_counter() - t0
-        finally:
-            app.terminate()
-            try:
-                app.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                app.kill()
-            log.close()
 
     def summary(pairs, wall=None) -> dict:
         out = {"requests": len(pairs), "latency_s": stats([p[0] for p in pairs]),
