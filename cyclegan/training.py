@@ -3,7 +3,6 @@ that handles data, the schedule, checkpoints, samples and logs."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 import signal

@@ -1,11 +1,7 @@
 """Reading every kind of image as RGB, the unpaired dataset, and the dataset download."""
 import hashlib
-import http.server
 import io
-import threading
 import warnings
-import zipfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np

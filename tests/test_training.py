@@ -1,6 +1,5 @@
 """The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
 import csv
-import dataclasses
 import os
 import signal
 import subprocess
