@@ -53,7 +53,8 @@ class TrainConfig:
     crop_size: int = _opt("then randomly cropped to this size", default=256)
     flip: bool = _opt("random horizontal flips", default=True)
     device: str = _opt("where to train", default="auto", meta={"choices": ("auto", "cpu", "cuda", "mps")})
-    amp: str = _opt("mixed precision on CUDA (auto: bf16 where supported)", default="auto",
+    amp: str = _opt("mixed precision (auto: bf16 on CUDA where supported, none on the CPU; "
+                    "bf16 also runs on the CPU)", default="auto",
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
     workers: int = _opt("data loading processes", default=2)
@@ -121,8 +122,8 @@ class Trainer:
         amp = config.amp
         if amp == "auto":
             amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
-        if amp != "none" and not cuda:
-            raise ValueError(f"--amp {amp} needs a CUDA device (training on {self.device})")
+        if amp == "fp16" and not cuda:
+            raise ValueError(f"--amp fp16 needs a CUDA device (training on {self.device}); use --amp bf16 or none")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
