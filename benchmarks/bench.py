@@ -378,10 +378,14 @@ def bench_training(device: torch.device, setups: list[tuple[int, int, int]], rep
         variants = {"naive loop": lambda: naive_train_step(naive, batch),
                     "train_step (default)": lambda: optimised.train_step(batch),
                     "train_step without NaN check": lambda: unchecked.train_step(batch)}
+        trainers = [naive, optimised, unchecked]
         if device.type == "cuda":
             compiled = Trainer(TrainConfig(compile=True), model_config, device)
             variants["train_step + torch.compile"] = lambda: compiled.train_step(batch)
-        for t in (naive, optimised, unchecked):
+        else:  # bf16 autocast is opt-in on the CPU (the default there is fp32)
+            trainers.append(Trainer(TrainConfig(amp="bf16"), model_config, device))
+            variants["train_step --amp bf16"] = lambda: trainers[-1].train_step(batch)
+        for t in trainers:
             t.model.train()
         t = timed(variants, repeats, 2 if device.type == "cuda" else 1, device)
         base = t["naive loop"]["median"]
