@@ -424,46 +424,41 @@ def ms(s: dict) -> str:
     return f"{s['min'] * 1000:.0f} / {s['median'] * 1000:.0f}"
 
 
+def table(title: str, columns: list[str], rows: list[str]) -> list[str]:
+    """A report section: its title, a markdown table of `rows` (already formatted) and a blank line."""
+    return [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows, ""]
+
+
 def report(r: dict) -> str:
     m = r["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), torch {m['torch']}, "
              f"{m['threads']} threads, NNPACK {'yes' if m['nnpack'] else 'no'}; load average "
              f"{m['load_average_at_start'][0]:.2f} at start, {r['load_average_at_end'][0]:.2f} at end.", ""]
     if r.get("conv_layers"):
-        lines += ["Convolutions of the default generator at 256 px, one image (ms, min / median):", "",
-                  "| layer | PyTorch (oneDNN) | NNPACK | speed-up | in the fast path |", "|---|---|---|---|---|"]
-        lines += [f"| {x['layer']} | {ms(x['pytorch_s'])} | {ms(x['nnpack_s'])} | {x['speedup']:.2f}x | "
-                  f"{'yes' if x['in_fast_path'] else 'no'} |" for x in r["conv_layers"]]
-        lines.append("")
+        lines += table("Convolutions of the default generator at 256 px, one image (ms, min / median):",
+                       ["layer", "PyTorch (oneDNN)", "NNPACK", "speed-up", "in the fast path"],
+                       [f"| {x['layer']} | {ms(x['pytorch_s'])} | {ms(x['nnpack_s'])} | {x['speedup']:.2f}x | "
+                        f"{'yes' if x['in_fast_path'] else 'no'} |" for x in r["conv_layers"]])
     if r.get("generator") and "naive_spinning_s" in r["generator"][0]:
-        lines += ["Generator forward as translate() runs it, one image (ms, min / median; speed-up against the "
-                  "faster plain run; max / mean |fast - plain| on the [-1, 1] output scale):", "",
-                  "| model | size | plain eager fp32, OpenMP default | plain, OMP_WAIT_POLICY=PASSIVE | "
-                  "fast (NNPACK, PASSIVE) | speed-up | max diff | mean diff |", "|---|---|---|---|---|---|---|---|"]
-        for x in r["generator"]:
-            lines.append(f"| {x['model']} | {x['size']} | {ms(x['naive_spinning_s'])} | {ms(x['naive_passive_s'])} | "
-                         f"{ms(x['fast_s'])} | {x['fast_speedup']:.2f}x | {x['fast_max_diff']:.1e} | "
-                         f"{x['fast_mean_diff']:.1e} |")
-        lines.append("")
+        lines += table("Generator forward as translate() runs it, one image (ms, min / median; speed-up against the "
+                       "faster plain run; max / mean |fast - plain| on the [-1, 1] output scale):",
+                       ["model", "size", "plain eager fp32, OpenMP default", "plain, OMP_WAIT_POLICY=PASSIVE",
+                        "fast (NNPACK, PASSIVE)", "speed-up", "max diff", "mean diff"],
+                       [f"| {x['model']} | {x['size']} | {ms(x['naive_spinning_s'])} | {ms(x['naive_passive_s'])} | "
+                        f"{ms(x['fast_s'])} | {x['fast_speedup']:.2f}x | {x['fast_max_diff']:.1e} | "
+                        f"{x['fast_mean_diff']:.1e} |" for x in r["generator"]])
     elif r.get("generator"):
         extra = [k[:-2] for k in r["generator"][0] if k.endswith("_s") and k not in ("naive_s", "fast_s")]
-        lines += ["Generator forward as translate() runs it, one image (ms, min / median; max / mean |difference| "
-                  "to plain on the [-1, 1] scale):", "",
-                  "| model | size | plain eager fp32 | fast | speed-up | max diff | mean diff |"
-                  + "".join(f" {e} | speed-up |" for e in extra), "|---|---|---|---|---|---|---|" + "---|---|" * len(extra)]
-        for x in r["generator"]:
-            if "fast_s" not in x:
-                continue
-            lines.append(f"| {x['model']} | {x['size']} | {ms(x['naive_s'])} | {ms(x['fast_s'])} | "
-                         f"{x['fast_speedup']:.2f}x | {x['fast_max_diff']:.1e} | {x['fast_mean_diff']:.1e} |"
-                         + "".join(f" {ms(x[e + '_s'])} | {x[e + '_speedup']:.2f}x |" for e in extra))
-        lines.append("")
+        lines += table("Generator forward as translate() runs it, one image (ms, min / median; max / mean |difference| "
+                       "to plain on the [-1, 1] scale):",
+                       ["model", "size", "plain eager fp32", "fast", "speed-up", "max diff", "mean diff",
+                        *[c for e in extra for c in (e, "speed-up")]],
+                       [f"| {x['model']} | {x['size']} | {ms(x['naive_s'])} | {ms(x['fast_s'])} | "
+                        f"{x['fast_speedup']:.2f}x | {x['fast_max_diff']:.1e} | {x['fast_mean_diff']:.1e} |"
+                        + "".join(f" {ms(x[e + '_s'])} | {x[e + '_speedup']:.2f}x |" for e in extra)
+                        for x in r["generator"] if "fast_s" in x])
     if r.get("app"):
-        a = r["app"]
-        lines += [f"App end to end through gradio_client ({a['image']}; app started in {a['startup_s']:.1f} s; "
-                  "overhead = request latency - the model time the app reports), ms:", "",
-                  "| app environment | clients | requests | latency p50 | latency p95 | model p50 | overhead p50 | "
-                  "overhead p95 | throughput |", "|---|---|---|---|---|---|---|---|---|"]
+        rows = []
         for a in (r["app"], r.get("app_omp_spinning")):
             for name, n in (("one_client", 1), ("four_clients", 4)):
                 if a is None:
@@ -472,26 +467,28 @@ def report(r: dict) -> str:
                 tp = f"{s['throughput_per_s']:.2f}/s" if "throughput_per_s" in s else ""
                 env = ("OMP_WAIT_POLICY unset (spinning; NNPACK off)" if a.get("environment")
                        else "as app.py sets it (PASSIVE; NNPACK on)")
-                lines.append(f"| {env} | {n} | {s['requests']} | {s['latency_s']['median'] * 1000:.0f} | "
-                             f"{s['latency_s']['p95'] * 1000:.0f} | {s['model_s']['median'] * 1000:.0f} | "
-                             f"{s['overhead_s']['median'] * 1000:.0f} | {s['overhead_s']['p95'] * 1000:.0f} | {tp} |")
-        lines.append("")
+                rows.append(f"| {env} | {n} | {s['requests']} | {s['latency_s']['median'] * 1000:.0f} | "
+                            f"{s['latency_s']['p95'] * 1000:.0f} | {s['model_s']['median'] * 1000:.0f} | "
+                            f"{s['overhead_s']['median'] * 1000:.0f} | {s['overhead_s']['p95'] * 1000:.0f} | {tp} |")
+        a = r["app"]
+        lines += table(f"App end to end through gradio_client ({a['image']}; app started in {a['startup_s']:.1f} s; "
+                       "overhead = request latency - the model time the app reports), ms:",
+                       ["app environment", "clients", "requests", "latency p50", "latency p95", "model p50",
+                        "overhead p50", "overhead p95", "throughput"], rows)
     if r.get("big_photo"):
-        lines += ["A 4096x3072 photo through CycleGAN.translate(max_side=1024, large='tile'), fresh process:", "",
-                  "| model | seconds | peak RSS (GB) | RSS before translate (GB) | output size |", "|---|---|---|---|---|"]
-        lines += [f"| {x['model']} | {x['seconds']:.1f} | {x['peak_rss_gb']:.2f} | {x['rss_before_translate_gb']:.2f} | "
-                  f"{x['output'][0]}x{x['output'][1]} |" for x in r["big_photo"]]
-        lines.append("")
+        lines += table("A 4096x3072 photo through CycleGAN.translate(max_side=1024, large='tile'), fresh process:",
+                       ["model", "seconds", "peak RSS (GB)", "RSS before translate (GB)", "output size"],
+                       [f"| {x['model']} | {x['seconds']:.1f} | {x['peak_rss_gb']:.2f} | "
+                        f"{x['rss_before_translate_gb']:.2f} | {x['output'][0]}x{x['output'][1]} |" for x in r["big_photo"]])
     if r.get("training"):
-        lines += ["Training, batch 1 (s/step min / median; images/s counts A and B; projection: 200 epochs of 1334 steps):", "",
-                  "| config | loop | s/step | images/s | speed-up vs naive | 200 epochs |", "|---|---|---|---|---|---|"]
+        rows = []
         for x in r["training"]:
             h = x["projected_200_epochs_h"]
-            lines.append(f"| {x['config']} | {x['loop']} | {x['step_s']['min']:.3f} / {x['step_s']['median']:.3f} | "
-                         f"{x['images_per_s']:.2f} | {x['speedup']:.2f}x | {h / 24:.1f} days |" if h > 48 else
-                         f"| {x['config']} | {x['loop']} | {x['step_s']['min']:.3f} / {x['step_s']['median']:.3f} | "
-                         f"{x['images_per_s']:.2f} | {x['speedup']:.2f}x | {h:.1f} h |")
-        lines.append("")
+            duration = f"{h / 24:.1f} days" if h > 48 else f"{h:.1f} h"
+            rows.append(f"| {x['config']} | {x['loop']} | {x['step_s']['min']:.3f} / {x['step_s']['median']:.3f} | "
+                        f"{x['images_per_s']:.2f} | {x['speedup']:.2f}x | {duration} |")
+        lines += table("Training, batch 1 (s/step min / median; images/s counts A and B; projection: 200 epochs of "
+                       "1334 steps):", ["config", "loop", "s/step", "images/s", "speed-up vs naive", "200 epochs"], rows)
     if r.get("data_loading"):
         lines += ["Data loading alone (horse2zebra, 286 -> 256 crops): " + ", ".join(
             f"{x['workers']} workers {x['pairs_per_s']:.0f} pairs/s" for x in r["data_loading"]), ""]
