@@ -480,12 +480,14 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
         if not main:
             return
         trainer.seconds = seconds_before + time.time() - start_time
-        save_checkpoint(trainer.state_dict(), output / "checkpoint.pt")
         trainer.model.info = {**info_training, "steps": trainer.step,
                               "epochs": round(trainer.step / steps_per_epoch, 3),
                               "train_seconds": round(trainer.seconds),
                               "image_size": config.crop_size, "lambda_identity": config.lambda_identity}
+        # The model folder first: whenever a checkpoint exists, so does a complete model/ (a kill
+        # between the two leaves model/ one save ahead, which the resumed run overwrites).
         trainer.model.save_pretrained(output / "model")
+        save_checkpoint(trainer.state_dict(), output / "checkpoint.pt")
         log.plot()
 
     def sample() -> None:

@@ -130,6 +130,22 @@ def test_resume_matches_an_uninterrupted_run(dataroot, tmp_path):
     assert a["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 1 / 7))
 
 
+def test_each_save_completes_the_model_folder_before_the_checkpoint(dataroot, tmp_path, monkeypatch):
+    # A kill right after checkpoint.pt appears must still leave a loadable model/ of that step or later.
+    import cyclegan.training as training
+    seen = []
+
+    def checking_save(state, path):
+        model = CycleGAN.from_pretrained(path.parent / "model")
+        seen.append((state["step"], model.info["steps"]))
+        return save_checkpoint(state, path)
+
+    save_checkpoint = training.save_checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", checking_save)
+    train(config_for(dataroot, tmp_path / "run", max_steps=4), TINY)
+    assert seen == [(2, 2), (4, 4)]
+
+
 def test_train_py_writes_every_output_and_resumes(dataroot, tmp_path):
     out = tmp_path / "run"
     result = run(["--dataroot", str(dataroot), "--max-steps", "4", "--output", str(out), "--sample-every", "2",
