@@ -22,6 +22,19 @@ CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "READ
 DIRECTIONS = ("A2B", "B2A")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), as PyTorch's oneDNN sees
+    it. Elsewhere bf16 is emulated and slower than float32."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(check is not None for check in checks):
+        return any(check() for check in checks)
+    try:  # an older or newer torch without these private checks: ask the kernel (Linux only)
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild the networks; saved in config.json and in checkpoints."""
