@@ -16,10 +16,11 @@ from PIL import Image
 from torch import nn
 
 from .data import load_rgb, to_image, to_tensor
-from .networks import Discriminator, FastConv2d, Generator, init_weights
+from .networks import Discriminator, Generator, init_weights
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 DIRECTIONS = ("A2B", "B2A")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -33,6 +34,20 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The half-precision type inference on `device` runs in for `precision`, or None for float32.
+    "auto": bf16 on a CPU that has it in hardware, bf16 (fp16 where bf16 is missing) on CUDA, float32
+    elsewhere; "bf16" asks for it anywhere (slow where the CPU emulates it); "fp32" turns it off."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose {', '.join(map(repr, PRECISIONS))}")
+    kind = torch.device(device).type
+    if precision == "fp32" or (precision == "auto" and kind not in ("cpu", "cuda")):
+        return None
+    if kind == "cuda":
+        return torch.bfloat16 if precision == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" or cpu_has_native_bf16() else None
 
 
 @dataclass
@@ -77,7 +92,7 @@ class CycleGAN(nn.Module):
     """G_AB translates domain A to B and G_BA back; D_A and D_B exist only when training."""
 
     def __init__(self, config: ModelConfig | None = None, with_discriminators: bool = False,
-                 info: dict | None = None, fast: bool = True) -> None:
+                 info: dict | None = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         # Training recipe, steps, dataset and measured metrics: carried into config.json and the card.
@@ -88,17 +103,6 @@ class CycleGAN(nn.Module):
         if with_discriminators:
             self.D_A = Discriminator(c.ndf, c.n_layers)
             self.D_B = Discriminator(c.ndf, c.n_layers)
-        self.set_fast(fast)
-
-    def set_fast(self, enabled: bool = True) -> "CycleGAN":
-        """Switch the inference fast paths on (the default) or off. On the CPU the generators' stride-1
-        convolutions run through NNPACK where that pays (see FastConv2d); on CUDA, translate and cycle
-        run in bf16 (fp16 where bf16 is missing) and channels_last. Off, all is PyTorch's float32 default."""
-        self.fast = enabled
-        for m in self.modules():
-            if isinstance(m, FastConv2d):
-                m.fast = enabled
-        return self
 
     def init_weights(self, seed: int = 0) -> "CycleGAN":
         generator = torch.Generator().manual_seed(seed)
@@ -111,6 +115,12 @@ class CycleGAN(nn.Module):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction={direction!r}: choose 'A2B' or 'B2A'")
         return (self.G_AB, self.G_BA) if direction == "A2B" else (self.G_BA, self.G_AB)
+
+    def domains(self, direction: str) -> tuple[str, str]:
+        """(source, target): the names of the domains `direction` translates from and to."""
+        self.generators(direction)  # checks the direction
+        c = self.config
+        return (c.domain_A, c.domain_B) if direction == "A2B" else (c.domain_B, c.domain_A)
 
     # ---- the model folder -------------------------------------------------------------
 
@@ -180,60 +190,63 @@ class CycleGAN(nn.Module):
 
     # ---- translation --------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def _run(self, net: Generator, x: torch.Tensor, max_side: int | None, large: str, tile: int,
-             overlap: int) -> torch.Tensor:
-        """Apply `net` to a batch of one image (1, 3, H, W) of any size and return the same size."""
-        if self.fast and x.device.type == "cuda":  # tensor cores: half precision, channels_last
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            with torch.autocast("cuda", dtype=dtype):
-                return run_any_size(_channels_last(net), x, max_side, large, tile, overlap)
-        return run_any_size(net, x, max_side, large, tile, overlap)
-
     def _prepare(self, image) -> torch.Tensor:
         device = next(self.parameters()).device
         return to_tensor(load_rgb(image)).unsqueeze(0).to(device)
 
-    def translate(self, image, direction: str = "A2B", max_side: int | None = None, large: str = "tile",
-                  tile: int = 512, overlap: int = 64) -> Image.Image:
+    def translate(self, image, direction: str = "A2B", max_side: int | None = 1024, large: str = "tile",
+                  tile: int = 512, overlap: int = 64, precision: str = "auto") -> Image.Image:
         """G(x) for a PIL image or path, as a PIL image of the input's size.
 
-        Inputs whose longer side exceeds `max_side` are translated in overlapping tiles
-        (`large="tile"`) or downscaled and the result scaled back (`large="downscale"`).
+        Inputs whose longer side exceeds `max_side` are translated in overlapping `tile`-px tiles
+        (`large="tile"`, memory bounded at any size) or downscaled and the result scaled back
+        (`large="downscale"`); `max_side=None` runs the whole image at once. `precision`: "auto" (bf16
+        where the hardware has it, see `autocast_dtype`), "fp32" or "bf16".
         """
         G, _ = self.generators(direction)
-        return to_image(self._run(G, self._prepare(image), max_side, large, tile, overlap)[0])
+        return to_image(run_any_size(G, self._prepare(image), max_side, large, tile, overlap, precision)[0])
 
-    def cycle(self, image, direction: str = "A2B", max_side: int | None = None, large: str = "tile",
-              tile: int = 512, overlap: int = 64) -> tuple[Image.Image, Image.Image]:
-        """(G(x), F(G(x))) as PIL images of the input's size."""
+    def cycle(self, image, direction: str = "A2B", max_side: int | None = 1024, large: str = "tile",
+              tile: int = 512, overlap: int = 64, precision: str = "auto") -> tuple[Image.Image, Image.Image]:
+        """(G(x), F(G(x))) as PIL images of the input's size; the arguments are translate's."""
         G, F_ = self.generators(direction)
-        fake = self._run(G, self._prepare(image), max_side, large, tile, overlap)
-        rec = self._run(F_, fake, max_side, large, tile, overlap)
+        fake = run_any_size(G, self._prepare(image), max_side, large, tile, overlap, precision)
+        rec = run_any_size(F_, fake, max_side, large, tile, overlap, precision)
         return to_image(fake[0]), to_image(rec[0])
 
 
-def run_any_size(net: nn.Module, x: torch.Tensor, max_side: int | None, large: str = "tile", tile: int = 512,
-                 overlap: int = 64) -> torch.Tensor:
-    """`net` on one image (1, 3, H, W): padded, or in tiles or downscaled above `max_side`; same size out."""
+@torch.inference_mode()
+def run_any_size(net: nn.Module, x: torch.Tensor, max_side: int | None = 1024, large: str = "tile",
+                 tile: int = 512, overlap: int = 64, precision: str = "auto") -> torch.Tensor:
+    """`net` (a generator) on one image (1, 3, H, W) in [-1, 1] of any size, as translate() runs it:
+    padded, or tiled or downscaled above `max_side`, in the arithmetic `precision` picks for the
+    image's device (see `autocast_dtype`). Returns float32 of the input's size."""
+    dtype = autocast_dtype(precision, x.device)
+    if dtype is not None:
+        net = _autocast(net, x.device.type, dtype)
     h, w = x.shape[-2:]
-    if max_side is not None and max(h, w) > max_side:
-        if large == "downscale":
-            scale = max_side / max(h, w)
-            small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))),
-                                  mode="bicubic", align_corners=False, antialias=True)
-            y = run_padded(net, small)
-            return F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
-        if large == "tile":
-            return run_tiled(net, x, tile, overlap)
+    if max_side is None or max(h, w) <= max_side:
+        return run_padded(net, x)
+    if large == "tile":
+        return run_tiled(net, x, tile, overlap)
+    if large != "downscale":
         raise ValueError(f"large={large!r}: choose 'tile' or 'downscale'")
-    return run_padded(net, x)
+    scale = max_side / max(h, w)
+    small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                          mode="bicubic", align_corners=False, antialias=True)
+    y = run_padded(net, small)
+    return F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def _channels_last(net: nn.Module):
-    """`net` as a function of float32 NCHW images that runs it in channels_last, the layout GPUs'
-    tensor cores convolve fastest, and returns float32."""
-    return lambda x: net(x.contiguous(memory_format=torch.channels_last)).float()
+def _autocast(net: nn.Module, device_type: str, dtype: torch.dtype):
+    """`net` as a function of float32 images that computes in `dtype` and returns float32; on CUDA in
+    channels_last, the layout its tensor cores convolve fastest."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if device_type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=dtype):
+            return net(x).float()
+    return run
 
 
 def run_padded(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,46 +1,8 @@
 """The networks of the CycleGAN paper: the ResNet generator and the 70x70 PatchGAN discriminator."""
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
-
-
-class FastConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters, same state_dict) that runs inference on the CPU through NNPACK:
-    Winograd for 3x3 kernels and FFT for 7x7 ones do a fraction of the arithmetic of PyTorch's
-    direct convolution. Results differ from nn.Conv2d's by rounding (at most ~1e-5 of the output's scale).
-
-    NNPACK is used for float32 CPU inputs outside autograd (it has no backward), one image at a time
-    (its batch path is several times slower), and only where it pays: with one torch thread, or when
-    OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE, which app.py sets). Otherwise OpenMP's threads
-    spin between PyTorch's operations and take the cores from NNPACK's own threads, which makes the
-    whole generator slower than without NNPACK (measured in benchmarks/bench.py). Anything else,
-    `fast = False`, torch.compile or export tracing, or NNPACK missing or failing takes nn.Conv2d's path.
-    """
-
-    fast = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast and self._nnpack_applies(x):
-            padding = list(self.padding)
-            try:
-                out = [torch._nnpack_spatial_convolution(image, self.weight, self.bias, padding)
-                       for image in x.contiguous().split(1)]
-                return out[0] if len(out) == 1 else torch.cat(out)
-            except RuntimeError:  # an NNPACK limit or error: the ordinary path gives the same result
-                pass
-        return super().forward(x)
-
-    def _nnpack_applies(self, x: torch.Tensor) -> bool:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        return (not needs_grad and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and x.dim() == 4 and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and (torch.get_num_threads() == 1 or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE")
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and torch.backends.nnpack.is_available())
 
 
 class ResnetBlock(nn.Module):
@@ -49,11 +11,11 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int, affine_norm: bool = False) -> None:
         super().__init__()
         self.pad1 = nn.ReflectionPad2d(1)
-        self.conv1 = FastConv2d(channels, channels, 3)
+        self.conv1 = nn.Conv2d(channels, channels, 3)
         self.norm1 = nn.InstanceNorm2d(channels, affine=affine_norm)
         self.relu = nn.ReLU(inplace=True)
         self.pad2 = nn.ReflectionPad2d(1)
-        self.conv2 = FastConv2d(channels, channels, 3)
+        self.conv2 = nn.Conv2d(channels, channels, 3)
         self.norm2 = nn.InstanceNorm2d(channels, affine=affine_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,11 +47,8 @@ class Generator(nn.Module):
         def norm(channels: int) -> nn.InstanceNorm2d:
             return nn.InstanceNorm2d(channels, affine=affine_norm)
 
-        # The stride-1 convolutions (stem, blocks, head) are FastConv2d: faster through NNPACK for
-        # inference on the CPU. NNPACK is slower than PyTorch at the stride-2 and transposed ones
-        # (benchmarks/bench.py measures each kind), which stay as they are.
         self.stem = nn.Sequential(
-            nn.ReflectionPad2d(3), FastConv2d(in_channels, ngf, 7), norm(ngf), nn.ReLU(inplace=True)
+            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7), norm(ngf), nn.ReLU(inplace=True)
         )
         self.down = nn.Sequential(
             nn.Conv2d(ngf, 2 * ngf, 3, stride=2, padding=1), norm(2 * ngf), nn.ReLU(inplace=True),
@@ -102,7 +61,7 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1),
             norm(ngf), nn.ReLU(inplace=True),
         )
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), FastConv2d(ngf, out_channels, 7), nn.Tanh())
+        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.up(self.blocks(self.down(self.stem(x)))))
