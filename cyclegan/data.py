@@ -170,17 +170,31 @@ def transform(image: Image.Image, preprocess: str, load_size: int, crop_size: in
     return to_tensor(image)
 
 
+def split_validation(files: list[Path], count: int) -> tuple[list[Path], list[Path]]:
+    """(training, validation) files: `count` of them held out at random, with a fixed seed over the
+    sorted list, so that every run on the same folder holds out the same images whatever its --seed."""
+    if count <= 0:
+        return files, []
+    if count >= len(files):
+        raise ValueError(f"{files[0].parent}: holding out {count} validation images leaves none of its "
+                         f"{len(files)} for training")
+    held = set(random.Random(0).sample(range(len(files)), count))
+    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
+
+
 class UnpairedDataset(Dataset):
-    """Images of `root/{phase}A` and `root/{phase}B`. Item i is the i-th A image with a B image
-    drawn at random; the draw and the augmentation depend only on (seed, epoch, i), so a resumed or
-    multi-worker run sees exactly the data an uninterrupted one does."""
+    """Images of `root/{phase}A` and `root/{phase}B`, less `val_count` of each held out for validation
+    (`val_A`, `val_B`). Item i is the i-th A image with a B image drawn at random; the draw and the
+    augmentation depend only on (seed, epoch, i), so a resumed or multi-worker run sees exactly the
+    data an uninterrupted one does."""
 
     def __init__(self, root: str | os.PathLike, phase: str = "train", preprocess: str = "resize_and_crop",
-                 load_size: int = 286, crop_size: int = 256, flip: bool = True, seed: int = 0) -> None:
+                 load_size: int = 286, crop_size: int = 256, flip: bool = True, seed: int = 0,
+                 val_count: int = 0) -> None:
         if preprocess not in PREPROCESS:
             raise ValueError(f"preprocess={preprocess!r}: choose one of {', '.join(PREPROCESS)}")
-        self.files_A = list_images(Path(root) / f"{phase}A")
-        self.files_B = list_images(Path(root) / f"{phase}B")
+        self.files_A, self.val_A = split_validation(list_images(Path(root) / f"{phase}A"), val_count)
+        self.files_B, self.val_B = split_validation(list_images(Path(root) / f"{phase}B"), val_count)
         self.preprocess, self.load_size, self.crop_size, self.flip = preprocess, load_size, crop_size, flip
         self.seed = seed
         self.epoch = 0

@@ -1,5 +1,6 @@
-"""FID, KID and cycle-consistency of a CycleGAN on a dataset's testA/testB images, as the function
-`evaluate` and as `python -m cyclegan.evaluate --model DIR_or_REPO --dataroot DIR`."""
+"""FID, KID and cycle-consistency of a CycleGAN on a dataset's testA/testB images (or any two lists
+of files, such as a validation split), as the function `evaluate` and as
+`python -m cyclegan.evaluate --model DIR_or_REPO --dataroot DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -126,8 +127,9 @@ def kid(x: np.ndarray, y: np.ndarray, subsets: int = 100, subset_size: int = 100
 
 
 @torch.inference_mode()
-def _scan(files: list[Path], size: int, batch_size: int, device, inception, nets, desc: str, progress: bool):
-    """Features of the images and, given (G, F), of G(x), with the mean |x - F(G(x))|."""
+def _scan(files: list[Path], size: int, batch_size: int, device, inception, nets, real_needed: bool, desc: str,
+          progress: bool):
+    """Features of the images (when `real_needed`) and, given (G, F), of G(x), with the mean |x - F(G(x))|."""
     from tqdm.auto import tqdm
 
     real, fake, l1 = [np.zeros((0, 2048))], [np.zeros((0, 2048))], 0.0
@@ -135,7 +137,8 @@ def _scan(files: list[Path], size: int, batch_size: int, device, inception, nets
         for i in range(0, len(files), batch_size):
             x = torch.stack([to_tensor(load_rgb(f).resize((size, size), Image.BICUBIC))
                              for f in files[i:i + batch_size]]).to(device)
-            real.append(inception_features(x, inception, batch_size))
+            if real_needed:
+                real.append(inception_features(x, inception, batch_size))
             if nets:
                 G, F = nets
                 y = run_padded(G, x)
@@ -145,30 +148,41 @@ def _scan(files: list[Path], size: int, batch_size: int, device, inception, nets
     return np.concatenate(real), np.concatenate(fake), l1 / len(files)
 
 
-def evaluate(model: CycleGAN | str | os.PathLike, dataroot: str | os.PathLike, direction: str = "both",
+def evaluate(model: CycleGAN | str | os.PathLike, dataroot: str | os.PathLike | None = None, direction: str = "both",
              size: int = 256, batch_size: int = 8, limit: int | None = None, kid_subsets: int = 100,
-             kid_subset_size: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    """Translate dataroot/testA (A2B) and/or testB (B2A) at size x size and score each direction:
-    FID and KID of G(x) against the real target test images, the same for the untranslated x
-    (reference), and the cycle L1 |x - F(G(x))| on the [-1, 1] scale."""
+             kid_subset_size: int = 1000, seed: int = 0, progress: bool = True,
+             files: dict[str, list[Path]] | None = None, cache: dict | None = None) -> dict:
+    """Translate the A images (A2B) and/or the B images (B2A) at size x size and score each direction:
+    FID and KID of G(x) against the real images of the target domain, the same for the untranslated x
+    (reference), and the cycle L1 |x - F(G(x))| on the [-1, 1] scale.
+
+    The images are dataroot/testA and testB, or `files` = {"A": [...], "B": [...]} (a validation
+    split). A dict passed as `cache` keeps the real images' features between calls on the same files,
+    so that evaluating a model again only runs the generators and Inception on the translations."""
     directions = DIRECTIONS if direction == "both" else (direction,)
     if any(d not in DIRECTIONS for d in directions):
         raise ValueError(f"direction={direction!r}: choose 'A2B', 'B2A' or 'both'")
+    if files is None:
+        if dataroot is None:
+            raise ValueError("evaluate: give a dataroot with testA/ and testB/, or files={'A': [...], 'B': [...]}")
+        files = {s: list_images(Path(dataroot) / f"test{s}")[:limit] for s in "AB"}
     name = None if isinstance(model, CycleGAN) else str(model)
     if name is not None:
         model = CycleGAN.from_pretrained(name, device="cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
     device = next(model.parameters()).device
     inception = load_inception(str(device))
-    files = {s: list_images(Path(dataroot) / f"test{s}")[:limit] for s in "AB"}
-    real, fake, cycle = {}, {}, {}
+    real = cache if cache is not None else {}
+    fake, cycle = {}, {}
     for d in DIRECTIONS:  # the target set of one direction is the source set of the other
         nets = model.generators(d) if d in directions else None
-        desc = f"test{d[0]} + {d}" if nets else f"test{d[0]}"
-        real[d[0]], fake[d], cycle[d] = _scan(files[d[0]], size, batch_size, device, inception, nets, desc, progress)
+        desc = f"{d[0]} images" + (f" + {d}" if nets else "")
+        features, fake[d], cycle[d] = _scan(files[d[0]], size, batch_size, device, inception, nets,
+                                            d[0] not in real, desc, progress)
+        real.setdefault(d[0], features)
     names = {"A": model.config.domain_A, "B": model.config.domain_B}
-    results = {"model": name, "dataroot": str(dataroot), "size": size, "features": FEATURES,
-               "kid_kernel": "(x·y/d + 1)^3", "kid_subsets": kid_subsets, "kid_seed": seed,
+    results = {"model": name, "dataroot": None if dataroot is None else str(dataroot), "size": size,
+               "features": FEATURES, "kid_kernel": "(x·y/d + 1)^3", "kid_subsets": kid_subsets, "kid_seed": seed,
                "cycle_l1_scale": "[-1, 1]"}
     for d in directions:
         src, tgt = d[0], d[-1]

@@ -3,6 +3,7 @@ that handles data, the schedule, checkpoints, samples and logs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -18,25 +19,32 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import DATASETS_URL, EpochSampler, UnpairedDataset, download_dataset, list_images, load_rgb, to_image, to_tensor
+from .files import write_atomic
 from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
-from .model import CycleGAN, ModelConfig
+from .model import DIRECTIONS, CycleGAN, ModelConfig, cpu_has_native_bf16
 
 LOSS_NAMES = ("G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
+SCORE_NAMES = tuple(f"{w}val_{m}_{d}" for w in ("", "ema_") for m in ("fid", "kid") for d in DIRECTIONS)
 
 
 def _opt(help: str, **kw):
-    return field(metadata={"help": help, **kw.pop("meta", {})}, **kw)
+    """A field with its --help text; `recipe=False` keeps it out of the recipe saved with the model."""
+    meta = {"help": help, **kw.pop("meta", {})}
+    if not kw.pop("recipe", True):
+        meta["recipe"] = False
+    return field(metadata=meta, **kw)
 
 
 @dataclass
 class TrainConfig:
     """The training recipe; defaults are the paper's. train.py makes one flag of each field."""
 
-    dataroot: str = _opt("folder with trainA/ and trainB/ (and optionally testA/, testB/)", default="")
-    dataset: str = _opt("official CycleGAN dataset to download by name, e.g. horse2zebra", default="")
-    data_dir: str = _opt("where --dataset is downloaded", default="datasets")
-    dataset_url: str = _opt("server of the official datasets (NAME.zip below it)", default=DATASETS_URL)
-    output: str = _opt("run directory (default: runs/<dataset name>)", default="")
+    dataroot: str = _opt("folder with trainA/ and trainB/ (and optionally testA/, testB/)", default="", recipe=False)
+    dataset: str = _opt("official CycleGAN dataset to download by name, e.g. horse2zebra", default="", recipe=False)
+    data_dir: str = _opt("where --dataset is downloaded", default="datasets", recipe=False)
+    dataset_url: str = _opt("server of the official datasets (NAME.zip below it)", default=DATASETS_URL,
+                            recipe=False)
+    output: str = _opt("run directory (default: runs/<dataset name>)", default="", recipe=False)
     epochs: int = _opt("epochs at the initial learning rate", default=100)
     decay_epochs: int = _opt("epochs of linear decay of the learning rate to 0", default=100)
     batch_size: int = _opt("images per domain per step (per process)", default=1)
@@ -53,20 +61,28 @@ class TrainConfig:
     crop_size: int = _opt("then randomly cropped to this size", default=256)
     flip: bool = _opt("random horizontal flips", default=True)
     device: str = _opt("where to train", default="auto", meta={"choices": ("auto", "cpu", "cuda", "mps")})
-    amp: str = _opt("mixed precision (auto: bf16 on CUDA where supported, none on the CPU; "
-                    "bf16 also runs on the CPU)", default="auto",
+    amp: str = _opt("mixed precision (auto: bf16 on CUDA where supported and on a CPU with native bf16, "
+                    "AVX512-BF16 or AMX; fp32 elsewhere)", default="auto",
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
-    workers: int = _opt("data loading processes", default=2)
+    ema_decay: float = _opt("keep an exponential moving average of the generators' weights with this decay "
+                            "per step, e.g. 0.999 (0: none)", default=0.0)
+    val_count: int = _opt("images of each domain held out of trainA/ and trainB/ for validation (listed in "
+                          "the run's validation.txt; never trained on)", default=0)
+    eval_every: int = _opt("FID/KID on the validation images every N steps, into losses.csv; the best model "
+                           "so far is kept in best/ (0: never)", default=0, recipe=False)
+    workers: int = _opt("data loading processes", default=2, recipe=False)
     seed: int = _opt("seed of initialisation, data order and augmentation", default=0)
     max_steps: int = _opt("stop when the total step count reaches this (0: run the whole schedule)", default=0)
-    save_every: int = _opt("write checkpoint.pt and model/ every N steps (and at each epoch's end)", default=1000)
-    sample_every: int = _opt("write a sample grid every N steps (and at the end)", default=1000)
-    log_every: int = _opt("average the losses over N steps into losses.csv and the progress bar", default=20)
-    n_samples: int = _opt("test images per domain in the sample grids", default=4)
+    save_every: int = _opt("write checkpoint.pt and model/ every N steps (and at each epoch's end)", default=1000,
+                           recipe=False)
+    sample_every: int = _opt("write a sample grid every N steps (and at the end)", default=1000, recipe=False)
+    log_every: int = _opt("average the losses over N steps into losses.csv and the progress bar", default=20,
+                          recipe=False)
+    n_samples: int = _opt("test images per domain in the sample grids", default=4, recipe=False)
     on_nan: str = _opt("what to do when a loss is NaN or infinite", default="stop", meta={"choices": ("stop", "skip")})
-    resume: str = _opt("run directory or checkpoint.pt to continue from", default="")
-    push_to_hub: str = _opt("Hub repo id to upload model/ to at the end", default="")
+    resume: str = _opt("run directory or checkpoint.pt to continue from", default="", recipe=False)
+    push_to_hub: str = _opt("Hub repo id to upload model/ to at the end", default="", recipe=False)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, decay_epochs: int) -> float:
@@ -121,10 +137,12 @@ class Trainer:
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
         amp = config.amp
         if amp == "auto":
-            amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
+            native = torch.cuda.is_bf16_supported() if cuda else self.device.type == "cpu" and cpu_has_native_bf16()
+            amp = "bf16" if native else "none"
         if amp == "fp16" and not cuda:
             raise ValueError(f"--amp fp16 needs a CUDA device (training on {self.device}); use --amp bf16 or none")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "none": "fp32"}[amp]
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
         m = self.model
@@ -141,8 +159,23 @@ class Trainer:
         self.opt_D = torch.optim.Adam([*m.D_A.parameters(), *m.D_B.parameters()], lr=config.lr, betas=betas)
         self.pool_A = ImagePool(config.pool_size, seed=config.seed + 1)
         self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2)
+        self.ema = None
+        if config.ema_decay > 0:
+            self.ema = CycleGAN(model_config).to(self.device).requires_grad_(False).eval()
+            self.reset_ema()
+        self.best: dict = {}  # validation scores and step of the best model so far
         self.step = 0
         self.seconds = 0.0  # training time up to the last save, summed over resumed runs
+
+    def reset_ema(self) -> None:
+        for name in ("G_AB", "G_BA"):
+            getattr(self.ema, name).load_state_dict(getattr(self.model, name).state_dict())
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        for name in ("G_AB", "G_BA"):
+            for average, p in zip(getattr(self.ema, name).parameters(), getattr(self.model, name).parameters()):
+                average.lerp_(p, 1 - self.config.ema_decay)
 
     def set_lr(self, factor: float) -> float:
         lr = self.config.lr * factor
@@ -215,6 +248,8 @@ class Trainer:
             self._backward_step(loss_D, self.opt_D)
         if self.scaler is not None:
             self.scaler.update()
+        if self.ema is not None and finite:
+            self.update_ema()
         self.step += 1
         return {k: v.detach() for k, v in losses.items()}
 
@@ -243,6 +278,10 @@ class Trainer:
             "pool_B": self.pool_B.state_dict(),
             "rng_cpu": torch.get_rng_state(),
         }
+        if self.ema is not None:
+            state.update({f"{name}_ema": getattr(self.ema, name).state_dict() for name in ("G_AB", "G_BA")})
+        if self.best:
+            state["best"] = self.best
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.device.type == "cuda":
@@ -266,20 +305,19 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:  # a run that starts averaging on resume starts from the current weights
+            self.reset_ema()
+            for name in ("G_AB", "G_BA"):
+                if f"{name}_ema" in state:
+                    getattr(self.ema, name).load_state_dict(state[f"{name}_ema"])
+        self.best = dict(state.get("best", {}))
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write atomically: a temp file, fsynced, renamed over the old one, which is kept as .prev."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, path.with_name(path.stem + ".prev.pt"))
-    os.replace(tmp, path)
+    """Write atomically; the checkpoint it replaces is kept as checkpoint.prev.pt."""
+    write_atomic(path, lambda f: torch.save(state, f), previous=path.with_name(path.stem + ".prev.pt"))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -305,11 +343,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 # ---- logging ---------------------------------------------------------------------------
 
 class LossLog:
-    """losses.csv (one row per logging window), losses.png, and TensorBoard when installed."""
+    """losses.csv (a row per logging window, and one per validation), losses.png, and TensorBoard
+    when installed."""
 
     def __init__(self, directory: Path, resume_step: int) -> None:
         self.path = directory / "losses.csv"
-        self.columns = ["step", "epoch", *LOSS_NAMES, "lr", "seconds"]
+        self.columns = ["step", "epoch", *LOSS_NAMES, "lr", "seconds", *SCORE_NAMES]
         rows = []
         if self.path.exists() and resume_step > 0:  # drop rows written after the checkpoint we resume
             with open(self.path, newline="") as f:
@@ -324,15 +363,20 @@ class LossLog:
         except ImportError:
             self.tensorboard = None
 
-    def write(self, step: int, epoch: float, losses: dict[str, float], lr: float, seconds: float) -> None:
+    def write(self, step: int, epoch: float, values: dict[str, float], lr: float, seconds: float) -> None:
+        """A row of loss terms or of validation scores (names from LOSS_NAMES or SCORE_NAMES)."""
         row = {"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.6g}", "seconds": f"{seconds:.1f}"}
-        row.update({k: f"{losses[k]:.5f}" if k in losses else "" for k in LOSS_NAMES})
+        row.update({k: f"{v:.5f}" for k, v in values.items()})
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns).writerow(row)
+            csv.DictWriter(f, self.columns, restval="").writerow(row)
         if self.tensorboard is not None:
-            for k, v in losses.items():
-                self.tensorboard.add_scalar(f"loss/{k}", v, step)
+            for k, v in values.items():
+                self.tensorboard.add_scalar(f"{'val' if k in SCORE_NAMES else 'loss'}/{k}", v, step)
             self.tensorboard.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def plot(self) -> None:
         import matplotlib
@@ -343,23 +387,22 @@ class LossLog:
             rows = list(csv.DictReader(f))
         if not rows:
             return
-        steps = [int(r["step"]) for r in rows]
-        fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(12, 4))
-        for name in LOSS_NAMES:
-            values = [float(r[name]) if r[name] else math.nan for r in rows]
-            if all(math.isnan(v) for v in values):
-                continue
-            (ax_d if name.startswith("D_") else ax_g).plot(steps, values, label=name)
-        for ax, title in ((ax_g, "generators"), (ax_d, "discriminators")):
+        fids = [n for n in SCORE_NAMES if "fid" in n and any(r.get(n) for r in rows)]
+        fig, axes = plt.subplots(1, 3 if fids else 2, figsize=(18 if fids else 12, 4))
+        panels = {"generators": [n for n in LOSS_NAMES if not n.startswith("D_")],
+                  "discriminators": [n for n in LOSS_NAMES if n.startswith("D_")], "validation FID": fids}
+        for ax, (title, names) in zip(axes, panels.items()):
+            for name in names:  # each series has its own rows: losses and scores are logged apart
+                points = [(int(r["step"]), float(r[name])) for r in rows if r.get(name)]
+                if points:
+                    ax.plot(*zip(*points), label=name, marker="o" if title == "validation FID" else None)
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.legend()
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.path.with_name("losses.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        write_atomic(self.path.with_name("losses.png"), lambda f: fig.savefig(f, format="png", dpi=80))
         plt.close(fig)
-        os.replace(tmp, self.path.with_name("losses.png"))
 
 
 def sample_images(dataroot: Path, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,55 +439,50 @@ def save_samples(model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor, pa
     rows = torch.cat([real_A[:n], fake_B[:n], rec_A[:n], gap, real_B[:n], fake_A[:n], rec_B[:n]], dim=3)
     grid = torch.cat(list(rows), dim=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    to_image(grid).save(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: to_image(grid).save(f, format="PNG"))
 
 
 # ---- the loop ---------------------------------------------------------------------------
 
-def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> Path:
-    """Run (or continue) training as `config` says; returns the run directory."""
-    from tqdm.auto import tqdm
+class StopSignals:
+    """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once."""
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world_size = 0, 1
-    device = resolve_device(config.device)
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    main = rank == 0
+    def __init__(self) -> None:
+        self.name: str | None = None
 
-    if config.dataset and not config.dataroot:
+    def _handle(self, signum, frame) -> None:
+        if self.name is not None:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def prepare_run(config: TrainConfig, main: bool = True, barrier=lambda: None) -> TrainConfig:
+    """Check what a run needs before any training: the data (downloaded with --dataset), a writable
+    output folder and, with --push-to-hub, a Hub token. Returns the config with dataroot and output filled in."""
+    dataroot = config.dataroot
+    if config.dataset and not dataroot:
         if main:
             download_dataset(config.dataset, config.data_dir, config.dataset_url)
-        if distributed:
-            dist.barrier()
-        config.dataroot = str(Path(config.data_dir) / config.dataset)
-    if not config.dataroot:
+        barrier()
+        dataroot = str(Path(config.data_dir) / config.dataset)
+    if not dataroot:
         raise ValueError("give --dataroot DIR (with trainA/ and trainB/) or --dataset NAME")
-    dataroot = Path(config.dataroot)
-    output = Path(config.output or Path("runs") / (config.dataset or dataroot.name))
-    config.output = str(output)
+    output = Path(config.output or Path("runs") / (config.dataset or Path(dataroot).name))
     if config.push_to_hub:
         from huggingface_hub import get_token
         if get_token() is None:
             raise RuntimeError(f"--push-to-hub {config.push_to_hub}: no Hugging Face token; run "
                                "`hf auth login` or set HF_TOKEN before training")
-
-    dataset = UnpairedDataset(dataroot, "train", config.preprocess, config.load_size, config.crop_size,
-                              config.flip, config.seed)
-    sampler = EpochSampler(len(dataset), config.seed, rank, world_size)
-    steps_per_epoch = len(sampler) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{dataroot}: {len(dataset)} images are fewer than --batch-size {config.batch_size} "
-                         f"x {world_size} processes")
-    total_steps = (config.epochs + config.decay_epochs) * steps_per_epoch
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-
+    if config.eval_every and not config.val_count:
+        raise ValueError("--eval-every needs validation images: give --val-count N as well")
     if main:
         probe = output / ".write-test"
         try:
@@ -453,98 +491,169 @@ def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | N
             probe.unlink()
         except OSError as e:
             raise RuntimeError(f"{output}: output directory cannot be created or written to ({e.strerror})") from None
+    return dataclasses.replace(config, dataroot=dataroot, output=str(output))
 
-    trainer = Trainer(config, model_config, device, distributed)
-    if resume_state is not None:
-        trainer.load_state_dict(resume_state, source=config.resume)
-    info_training = {"dataset": config.dataset or dataroot.name,
-                     "training": {k: v for k, v in asdict(config).items()
-                                  if k not in ("dataset", "dataroot", "data_dir", "dataset_url", "output", "resume",
-                                               "push_to_hub", "workers", "save_every", "sample_every",
-                                               "log_every", "n_samples")}}
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        worker_init_fn=_ignore_stop_signals)
-    log = LossLog(output, trainer.step) if main else None
-    samples = sample_images(dataroot, config.n_samples, config.crop_size) if main else None
 
-    stop = {"signal": None}
+class Training:
+    """A run of `train.py`: the constructor prepares data, trainer and logs; `run` loops; `save`,
+    `sample` and `validate` are what the loop does every so many steps. Only rank 0 writes."""
 
-    def request_stop(signum, frame):
-        if stop["signal"] is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        stop["signal"] = signal.Signals(signum).name
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __init__(self, config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> None:
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        rank, world_size = 0, 1
+        device = resolve_device(config.device)
+        if self.distributed:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+        self.main = rank == 0
+        self.config = c = prepare_run(config, self.main, dist.barrier if self.distributed else lambda: None)
+        self.output = Path(c.output)
+        self.dataset = UnpairedDataset(c.dataroot, "train", c.preprocess, c.load_size, c.crop_size, c.flip, c.seed,
+                                       c.val_count)
+        self.sampler = EpochSampler(len(self.dataset), c.seed, rank, world_size)
+        self.steps_per_epoch = len(self.sampler) // c.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{c.dataroot}: {len(self.dataset)} images are fewer than --batch-size {c.batch_size} "
+                             f"x {world_size} processes")
+        self.total_steps = (c.epochs + c.decay_epochs) * self.steps_per_epoch
+        if c.max_steps:
+            self.total_steps = min(self.total_steps, c.max_steps)
+        self.trainer = Trainer(c, model_config, device, self.distributed)
+        if resume_state is not None:
+            self.trainer.load_state_dict(resume_state, source=c.resume)
+        self.loader = DataLoader(self.dataset, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
+                                 pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_ignore_stop_signals)
+        self.log = LossLog(self.output, self.trainer.step) if self.main else None
+        self.samples = sample_images(Path(c.dataroot), c.n_samples, c.crop_size) if self.main else None
+        self.validation = {"A": self.dataset.val_A, "B": self.dataset.val_B}
+        self.val_cache: dict = {}  # Inception features of the validation images, computed once
+        if self.main and c.val_count:
+            write_validation_list(self.output / "validation.txt", Path(c.dataroot), self.validation)
+        self.start_time, self.seconds_before = time.time(), self.trainer.seconds
 
-    def save() -> None:
-        if not main:
+    def seconds(self) -> float:
+        return self.seconds_before + time.time() - self.start_time
+
+    def info(self) -> dict:
+        c = self.config
+        recipe = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.metadata.get("recipe", True)}
+        return {"dataset": c.dataset or Path(c.dataroot).name, "training": recipe, "steps": self.trainer.step,
+                "epochs": round(self.trainer.step / self.steps_per_epoch, 3), "train_seconds": round(self.seconds()),
+                "image_size": c.crop_size, "lambda_identity": c.lambda_identity}
+
+    def save(self) -> None:
+        if not self.main:
             return
-        trainer.seconds = seconds_before + time.time() - start_time
-        trainer.model.info = {**info_training, "steps": trainer.step,
-                              "epochs": round(trainer.step / steps_per_epoch, 3),
-                              "train_seconds": round(trainer.seconds),
-                              "image_size": config.crop_size, "lambda_identity": config.lambda_identity}
+        self.trainer.seconds = self.seconds()
+        self.trainer.model.info = self.info()
         # The model folder first: whenever a checkpoint exists, so does a complete model/ (a kill
         # between the two leaves model/ one save ahead, which the resumed run overwrites).
-        trainer.model.save_pretrained(output / "model")
-        save_checkpoint(trainer.state_dict(), output / "checkpoint.pt")
-        log.plot()
+        self.trainer.model.save_pretrained(self.output / "model")
+        save_checkpoint(self.trainer.state_dict(), self.output / "checkpoint.pt")
+        self.log.plot()
 
-    def sample() -> None:
-        if main:
-            save_samples(trainer.model, *samples, output / "samples" / f"step_{trainer.step:07d}.png")
+    def sample(self) -> None:
+        if self.main:
+            save_samples(self.trainer.model, *self.samples, self.output / "samples" / f"step_{self.trainer.step:07d}.png")
 
-    start_time, seconds_before = time.time(), trainer.seconds
-    bar = tqdm(total=total_steps, initial=trainer.step, disable=not main, dynamic_ncols=True, unit="step")
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    trainer.model.train()
-    try:
-        while trainer.step < total_steps and stop["signal"] is None:
-            epoch, done_in_epoch = divmod(trainer.step, steps_per_epoch)
-            dataset.epoch = epoch
-            sampler.set_epoch(epoch, start=done_in_epoch * config.batch_size)
-            for batch in loader:
-                lr = trainer.set_lr(lr_factor(trainer.step, steps_per_epoch, config.epochs, config.decay_epochs))
-                losses = trainer.train_step(batch)
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0) + v
-                count += 1
-                bar.update(1)
-                step = trainer.step
-                if count == config.log_every or step == total_steps:
-                    means = {k: float(v) / count for k, v in sums.items()}
-                    if main:
-                        log.write(step, step / steps_per_epoch, means, lr, seconds_before + time.time() - start_time)
-                        bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
-                    sums, count = {}, 0
-                at_epoch_end = step % steps_per_epoch == 0
-                if step % config.save_every == 0 or at_epoch_end or step == total_steps:
-                    save()
-                if step % config.sample_every == 0 or step == total_steps:
-                    sample()
-                if step >= total_steps or stop["signal"] is not None:
-                    break
-        if stop["signal"] is not None:
-            save()
-            if main:
-                bar.write(f"{stop['signal']}: saved {output / 'checkpoint.pt'} at step {trainer.step}; "
-                          f"continue with --resume {output}", file=sys.stderr)
-    except KeyboardInterrupt:
-        save()
-        if main:
-            bar.write(f"interrupted: saved {output / 'checkpoint.pt'} at step {trainer.step}", file=sys.stderr)
-        raise
-    finally:
-        bar.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if log is not None and log.tensorboard is not None:
-            log.tensorboard.close()
-    if main and stop["signal"] is None and config.push_to_hub:
-        url = trainer.model.push_to_hub(config.push_to_hub, dtype="float32")
-        print(f"pushed {output / 'model'} to {url}")
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return output
+    def validate(self) -> dict[str, float]:
+        """FID and KID of both directions on the validation images, for the generators and (with
+        --ema-decay) their moving average; the best of them by the sum of the two FIDs goes to best/."""
+        from .evaluate import evaluate
+
+        t = self.trainer
+        candidates = {"raw": t.model, **({"ema": t.ema} if t.ema is not None else {})}
+        scores = {}
+        for kind, model in candidates.items():
+            r = evaluate(model, files=self.validation, cache=self.val_cache, progress=False)
+            for d in DIRECTIONS:
+                scores[f"{'ema_' if kind == 'ema' else ''}val_fid_{d}"] = r[d]["fid"]
+                scores[f"{'ema_' if kind == 'ema' else ''}val_kid_{d}"] = r[d]["kid"]
+            total = r["A2B"]["fid"] + r["B2A"]["fid"]
+            if total < t.best.get("val_fid", math.inf):
+                t.best = {"val_fid": total, "step": t.step, "weights": kind,
+                          **{f"val_{m}_{d}": r[d][m] for d in DIRECTIONS for m in ("fid", "kid")}}
+                best = CycleGAN(t.model.config, info={**self.info(), "best": t.best})
+                best.load_state_dict(model.state_dict(), strict=False)
+                best.save_pretrained(self.output / "best")
+        t.model.train()
+        return scores
+
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        c, t = self.config, self.trainer
+        if self.main:
+            print(f"training on {t.device} in {t.precision}; {self.steps_per_epoch} steps per epoch, "
+                  f"{self.total_steps} in all", file=sys.stderr)
+        bar = tqdm(total=self.total_steps, initial=t.step, disable=not self.main, dynamic_ncols=True, unit="step")
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        t.model.train()
+        try:
+            with StopSignals() as stop:
+                while t.step < self.total_steps and stop.name is None:
+                    epoch, done_in_epoch = divmod(t.step, self.steps_per_epoch)
+                    self.dataset.epoch = epoch
+                    self.sampler.set_epoch(epoch, start=done_in_epoch * c.batch_size)
+                    for batch in self.loader:
+                        lr = t.set_lr(lr_factor(t.step, self.steps_per_epoch, c.epochs, c.decay_epochs))
+                        for k, v in t.train_step(batch).items():
+                            sums[k] = sums.get(k, 0) + v
+                        count += 1
+                        bar.update(1)
+                        step, last = t.step, t.step == self.total_steps
+                        if step % c.log_every == 0 or last:
+                            self.write_losses({k: float(v) / count for k, v in sums.items()}, lr, bar)
+                            sums, count = {}, 0
+                        evaluated = self.main and c.eval_every and (step % c.eval_every == 0 or last)
+                        if evaluated:
+                            scores = self.validate()
+                            self.log.write(step, step / self.steps_per_epoch, scores, lr, self.seconds())
+                            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+                        if evaluated or step % c.save_every == 0 or step % self.steps_per_epoch == 0 or last:
+                            self.save()
+                        if step % c.sample_every == 0 or last:
+                            self.sample()
+                        if last or stop.name is not None:
+                            break
+                if stop.name is not None:
+                    self.save()
+                    if self.main:
+                        bar.write(f"{stop.name}: saved {self.output / 'checkpoint.pt'} at step {t.step}; "
+                                  f"continue with --resume {self.output}", file=sys.stderr)
+        except KeyboardInterrupt:
+            self.save()
+            if self.main:
+                bar.write(f"interrupted: saved {self.output / 'checkpoint.pt'} at step {t.step}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            if self.log is not None:
+                self.log.close()
+        if self.main and stop.name is None and c.push_to_hub:
+            url = t.model.push_to_hub(c.push_to_hub, dtype="float32")
+            print(f"pushed {self.output / 'model'} to {url}")
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+        return self.output
+
+    def write_losses(self, means: dict[str, float], lr: float, bar) -> None:
+        """The mean losses of the last logging window, into losses.csv and the progress bar."""
+        if self.main:
+            self.log.write(self.trainer.step, self.trainer.step / self.steps_per_epoch, means, lr, self.seconds())
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
+
+
+def write_validation_list(path: Path, dataroot: Path, files: dict[str, list[Path]]) -> None:
+    """The held-out images, one relative path a line, so that a run says what it never trained on."""
+    lines = [str(f.relative_to(dataroot)) for domain in "AB" for f in files[domain]]
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> Path:
+    """Run (or continue) training as `config` says; returns the run directory."""
+    return Training(config, model_config, resume_state).run()

@@ -164,6 +164,24 @@ def test_evaluate_one_direction(tiny_model: CycleGAN, dataroot: Path):
     assert r["cycle_l1"] == pytest.approx((x - rec).abs().mean().item(), rel=1e-4)
 
 
+@needs_inception
+def test_evaluate_file_lists_reuses_cached_real_features(tiny_model: CycleGAN, dataroot: Path, monkeypatch):
+    files = {"A": sorted((dataroot / "trainA").iterdir())[:3], "B": sorted((dataroot / "trainB").iterdir())[:4]}
+    cache: dict = {}
+    first = ev.evaluate(tiny_model, files=files, cache=cache, size=16, kid_subsets=5, progress=False)
+    assert first["dataroot"] is None and (first["A2B"]["images"], first["A2B"]["target_images"]) == (3, 4)
+    assert set(cache) == {"A", "B"} and cache["A"].shape == (3, 2048)
+    calls = []
+    features = ev.inception_features
+    monkeypatch.setattr(ev, "inception_features", lambda x, *a: calls.append(len(x)) or features(x, *a))
+    again = ev.evaluate(tiny_model, files=files, cache=cache, size=16, kid_subsets=5, progress=False)
+    assert sorted(calls) == [3, 4]  # only the translations: the real images' features come from the cache
+    for d in ("A2B", "B2A"):
+        assert again[d]["fid"] == pytest.approx(first[d]["fid"], rel=1e-6)
+    with pytest.raises(ValueError, match="give a dataroot"):
+        ev.evaluate(tiny_model)
+
+
 def test_make_grid(tmp_path: Path, tiny_model: CycleGAN, dataroot: Path):
     spec = importlib.util.spec_from_file_location("make_grid", ROOT / "scripts" / "make_grid.py")
     make_grid = importlib.util.module_from_spec(spec)

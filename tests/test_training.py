@@ -96,6 +96,72 @@ def test_nan_losses_stop_or_skip():
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
 
 
+def test_amp_auto_follows_the_cpu(monkeypatch):
+    import cyclegan.training as training
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    trainer = Trainer(TrainConfig(amp="auto"), TINY)
+    assert trainer.amp_dtype is None and trainer.precision == "fp32"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    trainer = Trainer(TrainConfig(amp="auto"), TINY)
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.precision == "bf16 autocast"
+    assert Trainer(TrainConfig(amp="none"), TINY).amp_dtype is None  # "none" stays fp32 on any CPU
+
+
+def test_ema_is_the_moving_average_of_the_generators():
+    trainer = Trainer(TrainConfig(ema_decay=0.75, amp="none"), TINY)
+    start = {k: v.clone() for k, v in trainer.model.G_AB.state_dict().items()}
+    assert all(torch.equal(v, trainer.ema.G_AB.state_dict()[k]) for k, v in start.items())
+    trainer.train_step(batch())
+    after = trainer.model.G_AB.state_dict()
+    for k, v in trainer.ema.G_AB.state_dict().items():
+        assert torch.allclose(v, 0.75 * start[k] + 0.25 * after[k], atol=1e-6), k
+    assert not any(p.requires_grad for p in trainer.ema.parameters())
+    assert Trainer(TrainConfig(), TINY).ema is None  # off by default (the paper has none)
+
+
+def test_validation_images_are_held_out_the_same_for_any_seed(dataroot):
+    from cyclegan.data import UnpairedDataset
+    a = UnpairedDataset(dataroot, crop_size=32, load_size=36, seed=0, val_count=2)
+    b = UnpairedDataset(dataroot, crop_size=32, load_size=36, seed=5, val_count=2)
+    assert (a.val_A, a.val_B) == (b.val_A, b.val_B) and len(a.val_A) == len(a.val_B) == 2
+    assert len(a.files_A) == 3 and len(a.files_B) == 5 and len(a) == 5
+    assert not set(a.val_A) & set(a.files_A) and not set(a.val_B) & set(a.files_B)
+    assert UnpairedDataset(dataroot, val_count=0).val_A == []
+    with pytest.raises(ValueError, match="trainA: holding out 5 validation images leaves none of its 5"):
+        UnpairedDataset(dataroot, val_count=5)
+
+
+def test_eval_every_logs_validation_scores_and_keeps_the_best(dataroot, tmp_path, monkeypatch):
+    import cyclegan.evaluate
+    seen, fids = [], iter([300.0, 200.0, 250.0, 400.0])  # raw, ema at step 2; raw, ema at step 4
+
+    def fake_evaluate(model, files, cache, progress):
+        seen.append({d: [p.name for p in files[d]] for d in "AB"})
+        value = next(fids)
+        return {d: {"fid": value, "kid": value / 1000} for d in ("A2B", "B2A")}
+    monkeypatch.setattr(cyclegan.evaluate, "evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    train(config_for(dataroot, out, max_steps=4, val_count=2, eval_every=2, ema_decay=0.9), TINY)
+    listed = (out / "validation.txt").read_text().split()
+    assert len(listed) == 4 and all(p.startswith(("trainA/", "trainB/")) for p in listed)
+    assert [f"train{d}/{n}" for d in "AB" for n in seen[0][d]] == listed  # validation = the held-out files
+    with open(out / "losses.csv") as f:
+        scored = [r for r in csv.DictReader(f) if r["val_fid_A2B"]]
+    assert [(r["step"], float(r["val_fid_A2B"]), float(r["ema_val_fid_B2A"])) for r in scored] == \
+        [("2", 300.0, 200.0), ("4", 250.0, 400.0)]
+    best = CycleGAN.from_pretrained(out / "best")
+    assert best.info["best"]["step"] == 2 and best.info["best"]["weights"] == "ema"
+    assert best.info["best"]["val_fid"] == 400.0 and load_checkpoint(out)["best"]["step"] == 2
+    # The run's final model/ is the raw step-4 generator; best/ holds other (averaged, earlier) weights.
+    final = CycleGAN.from_pretrained(out / "model")
+    assert not all(torch.equal(v, final.state_dict()[k]) for k, v in best.state_dict().items())
+
+
+def test_eval_every_needs_validation_images(dataroot, tmp_path):
+    with pytest.raises(ValueError, match="--eval-every needs validation images"):
+        train(config_for(dataroot, tmp_path / "run", max_steps=2, eval_every=2), TINY)
+
+
 def test_lr_schedule_is_constant_then_linear_to_zero():
     assert lr_factor(0, 10, 2, 2) == 1.0
     assert lr_factor(19, 10, 2, 2) == 1.0
@@ -110,15 +176,15 @@ def config_for(dataroot: Path, output: Path, **kw) -> TrainConfig:
 
 def test_resume_matches_an_uninterrupted_run(dataroot, tmp_path):
     # 7 steps per epoch, so 9 steps cross an epoch boundary and the lr decay begins.
-    whole = train(config_for(dataroot, tmp_path / "whole", max_steps=9), TINY)
-    train(config_for(dataroot, tmp_path / "split", max_steps=4), TINY)
+    whole = train(config_for(dataroot, tmp_path / "whole", max_steps=9, ema_decay=0.9), TINY)
+    train(config_for(dataroot, tmp_path / "split", max_steps=4, ema_decay=0.9), TINY)
     state = load_checkpoint(tmp_path / "split")
     assert state["step"] == 4
-    config = config_for(dataroot, tmp_path / "split", max_steps=9, resume=str(tmp_path / "split"))
+    config = config_for(dataroot, tmp_path / "split", max_steps=9, resume=str(tmp_path / "split"), ema_decay=0.9)
     train(config, TINY, state)
     a, b = load_checkpoint(whole), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 9
-    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+    for name in ("G_AB", "G_BA", "D_A", "D_B", "G_AB_ema", "G_BA_ema"):
         for k, v in a[name].items():
             assert torch.allclose(v, b[name][k], atol=1e-6), f"{name}.{k}"
     assert len(a["pool_A"]["images"]) == len(b["pool_A"]["images"]) == 9
