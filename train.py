@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from dataclasses import asdict
 
+from cyclegan.data import domains_from_name
 from cyclegan.model import ModelConfig
 from cyclegan.training import TrainConfig, load_checkpoint, train
 
@@ -30,15 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
         group = parser.add_argument_group(title)
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            help_ = f.metadata.get("help", helps.get(f.name, "")) + f" (default: {f.default!r})"
+            help_ = f.metadata.get("help", helps.get(f.name, ""))
             if f.type in (bool, "bool"):
                 # booleans that default to True get a --no-X switch, the others a --X switch
                 if f.default:
                     group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                       help="switch off: " + help_)
+                                       help=f"switch off the default: {help_}")
                 else:
                     group.add_argument(flag, dest=f.name, action="store_true", help=help_)
                 continue
+            if "default" not in help_:
+                help_ += f" (default: {f.default!r})"
             kind = type(f.default)
             group.add_argument(flag, dest=f.name, type=kind, choices=f.metadata.get("choices"), help=help_)
     return parser
@@ -63,7 +66,7 @@ def configs_from_args(args: dict) -> tuple[TrainConfig, ModelConfig, dict | None
         train_values["max_steps"] = 0  # a new limit must be given again
     else:
         dataset = given_train.get("dataset") or given_train.get("dataroot", "").rstrip("/").split("/")[-1]
-        names = dataset.split("2") if dataset.count("2") == 1 else ["A", "B"]
+        names = domains_from_name(dataset) or ("A", "B")
         model_config = ModelConfig(**{"domain_A": names[0], "domain_B": names[1], **given_model})
     train_values.update(given_train)
     return TrainConfig(**train_values), model_config, state

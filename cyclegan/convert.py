@@ -6,13 +6,13 @@ import argparse
 import os
 import re
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .data import DATASET_PAIR
+from .files import download, one_line
 from .model import CycleGAN, ModelConfig
 from .networks import Generator
 
@@ -92,35 +92,18 @@ def to_generator(layers: list[tuple[str, dict[str, torch.Tensor]]], config: Mode
     return G.eval()
 
 
-def download(url: str, cache: Path) -> Path:
-    """`url` into the cache folder (kept there for next time), with a progress bar."""
-    from tqdm.auto import tqdm
-
+def fetch(url: str, cache: Path) -> Path:
+    """`url` into the cache folder, kept there for next time."""
     target = cache / url.rsplit("/", 1)[-1]
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        if total is not None and part.stat().st_size != total:
-            raise OSError(f"got {part.stat().st_size} of {total} bytes")
-    except urllib.error.HTTPError as e:
-        raise FileNotFoundError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-    except OSError as e:  # URLError, timeouts and short reads
-        raise ConnectionError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
-    os.replace(part, target)
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        download(url, target)
     return target
 
 
 def pair(name: str) -> tuple[str, str, str]:
     """horse2zebra -> (zebra2horse, horse, zebra); summer2winter_yosemite -> (winter2summer_yosemite, ...)."""
-    m = re.fullmatch(r"(.*?)([A-Za-z]+)2([A-Za-z]+)(.*)", name)
+    m = DATASET_PAIR.fullmatch(name)
     if m is None:
         raise ValueError(f"--name {name!r}: expected a pair like horse2zebra (the authors publish both "
                          f"directions only for those); otherwise pass --a2b and --b2a files")
@@ -161,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             reverse, a, b = pair(args.name)
             domains = tuple(args.domains or (a, b))
             url = args.base_url.rstrip("/")
-            args.a2b, args.b2a = (download(f"{url}/{n}.pth", Path(args.cache)) for n in (args.name, reverse))
+            args.a2b, args.b2a = (fetch(f"{url}/{n}.pth", Path(args.cache)) for n in (args.name, reverse))
         training = {"converted_from": "junyanz/pytorch-CycleGAN-and-pix2pix",
                     "G_AB": Path(args.a2b).name, "G_BA": Path(args.b2a).name}
         model = convert(args.a2b, args.b2a, domains, info={"training": training})
         out = model.save_pretrained(args.out, dtype=args.dtype)
     except (OSError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e, 2000)}", file=sys.stderr)
         return 1
     c = model.config
     print(f"{out}: {c.domain_A} <-> {c.domain_B}, ngf={c.ngf}, {c.n_blocks} blocks"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import shutil
-import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,12 +17,22 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from .files import download
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DATASETS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
 DATASETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
             "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes", "facades", "iphone2dslr_flower",
             "ae_photos", "grumpifycat", "mini", "mini_pix2pix", "mini_colorization")
+# The two domains around the "2" of a dataset's name: horse2zebra, summer2winter_yosemite, cityscapes_photo2label.
+DATASET_PAIR = re.compile(r"(.*?)([A-Za-z]+)2([A-Za-z]+)(.*)")
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
+
+
+def domains_from_name(name: str) -> tuple[str, str] | None:
+    """horse2zebra -> (horse, zebra); summer2winter_yosemite -> (summer, winter); None without an X2Y."""
+    m = DATASET_PAIR.fullmatch(name)
+    return (m[2], m[3]) if m else None
 
 
 class ImageError(ValueError):
@@ -247,12 +257,10 @@ def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_u
                      sha256: str | None = None) -> Path:
     """Download and extract `{base_url}/{name}.zip` into `data_dir/name` and return that folder.
 
-    An extracted copy with trainA/ and trainB/ is reused. The download goes to a `.part` file that
-    a later call resumes (HTTP Range); the zip is checked (sha256 when given, CRC of every member)
+    An extracted copy with trainA/ and trainB/ is reused. An interrupted download is resumed by the
+    next call (files.download); the zip is checked (sha256 when given, CRC of every member)
     before extraction, which happens in a temporary folder renamed into place at the end.
     """
-    from tqdm.auto import tqdm
-
     data_dir = Path(data_dir)
     target = data_dir / name
     if (target / "trainA").is_dir() and (target / "trainB").is_dir():
@@ -260,32 +268,9 @@ def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_u
     if base_url == DATASETS_URL and name not in DATASETS:
         raise ValueError(f"dataset {name!r} is not an official CycleGAN dataset: choose one of {', '.join(DATASETS)}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    url = f"{base_url.rstrip('/')}/{name}.zip"
-    archive, part = data_dir / f"{name}.zip", data_dir / f"{name}.zip.part"
+    archive = data_dir / f"{name}.zip"
     if not archive.exists():
-        done = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
-        try:
-            response = urllib.request.urlopen(request, timeout=60)
-        except urllib.error.HTTPError as e:
-            if e.code == 416:  # the .part file is already complete
-                response = None
-            else:
-                raise RuntimeError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:
-            raise RuntimeError(f"cannot download {url}: {e.reason}") from None
-        if response is not None:
-            with response:
-                if done and response.status != 206:  # the server ignored Range: start again
-                    done = 0
-                total = response.headers.get("Content-Length")
-                total = int(total) + done if total else None
-                with open(part, "ab" if done else "wb") as f, tqdm(
-                        total=total, initial=done, unit="B", unit_scale=True, desc=f"{name}.zip") as bar:
-                    while chunk := response.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-        os.replace(part, archive)
+        download(f"{base_url.rstrip('/')}/{name}.zip", archive)
     try:
         if sha256 is not None:
             digest = hashlib.sha256(archive.read_bytes()).hexdigest()

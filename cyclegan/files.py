@@ -24,3 +24,53 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
         os.replace(path, previous)
     os.replace(tmp, path)
     return path
+
+
+class DownloadError(ConnectionError, RuntimeError):
+    """A download that failed: the message names the URL and why."""
+
+
+def one_line(error: BaseException, limit: int = 500) -> str:
+    """An exception's message on one line, at most `limit` characters: for `error: ...` lines."""
+    return " ".join(str(error).split())[:limit]
+
+
+def download(url: str, target: str | os.PathLike, timeout: float = 60) -> Path:
+    """Download `url` to `target` with a progress bar. The bytes go to `target.part` first, which a
+    later call resumes (HTTP Range; a server that ignores Range sends the whole file again), and the
+    file is renamed into place only when complete. Failures raise DownloadError naming the URL."""
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    target = Path(target)
+    part = target.with_name(target.name + ".part")
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code != 416:  # 416: the .part file already holds every byte
+            raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+        response = None
+    except (urllib.error.URLError, OSError) as e:
+        raise DownloadError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
+    if response is not None:
+        with response:
+            if done and response.status != 206:
+                done = 0
+            length = response.headers.get("Content-Length")
+            total = int(length) + done if length else None
+            try:
+                with open(part, "ab" if done else "wb") as f, tqdm(total=total, initial=done, unit="B",
+                                                                    unit_scale=True, desc=target.name) as bar:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            except OSError as e:  # timeouts and dropped connections; the .part file is kept for a resume
+                raise DownloadError(f"cannot download {url}: {e}") from None
+        if total is not None and part.stat().st_size != total:
+            raise DownloadError(f"cannot download {url}: got {part.stat().st_size} of {total} bytes; run again to resume")
+    os.replace(part, target)
+    return target

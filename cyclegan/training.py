@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import DATASETS_URL, EpochSampler, UnpairedDataset, download_dataset, list_images, load_rgb, to_image, to_tensor
+from .data import DATASETS_URL, PREPROCESS, EpochSampler, UnpairedDataset, download_dataset, list_images, load_rgb, to_image, to_tensor
 from .files import write_atomic
 from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
 from .model import DIRECTIONS, CycleGAN, ModelConfig, cpu_has_native_bf16
@@ -56,7 +56,7 @@ class TrainConfig:
                                   default=0.5)
     pool_size: int = _opt("fakes kept per discriminator (0: no pool)", default=50)
     preprocess: str = _opt("image preprocessing", default="resize_and_crop",
-                           meta={"choices": ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")})
+                           meta={"choices": PREPROCESS})
     load_size: int = _opt("images are resized to this size first", default=286)
     crop_size: int = _opt("then randomly cropped to this size", default=256)
     flip: bool = _opt("random horizontal flips", default=True)

@@ -60,7 +60,8 @@ def tiny_model() -> CycleGAN:
 
 @pytest.fixture
 def zip_server(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tiny.zip (official layout) and broken.zip; supports Range."""
+    """An HTTP server on 127.0.0.1 serving tiny.zip (official layout) and broken.zip; supports Range
+    (416 past the end), except below /norange/, where it always sends the whole file."""
     served = tmp_path / "served"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -76,11 +77,16 @@ def zip_server(tmp_path):
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self):
             requests.append((self.path, self.headers.get("Range")))
-            data = (served / self.path.lstrip("/")).read_bytes() if (served / self.path.lstrip("/")).exists() else None
+            name = self.path.removeprefix("/norange").lstrip("/")
+            data = (served / name).read_bytes() if (served / name).exists() else None
             if data is None:
                 self.send_error(404)
                 return
-            start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+            ranged = self.headers.get("Range") and not self.path.startswith("/norange/")
+            start = int(self.headers["Range"].split("=")[1].rstrip("-")) if ranged else 0
+            if start >= len(data) > 0:
+                self.send_error(416)
+                return
             self.send_response(206 if start else 200)
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()

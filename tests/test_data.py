@@ -163,6 +163,22 @@ def test_download_resumes_a_partial_file(tmp_path, zip_server):
     assert (tmp_path / "tiny" / "trainB" / "0.png").is_file()
 
 
+def test_download_of_a_complete_part_file_takes_the_416_answer(tmp_path, zip_server):
+    url, data, requests = zip_server
+    (tmp_path / "tiny.zip.part").write_bytes(data)
+    download_dataset("tiny", tmp_path, base_url=url)
+    assert requests == [("/tiny.zip", f"bytes={len(data)}-")]
+    assert (tmp_path / "tiny" / "testA" / "0.png").is_file()
+
+
+def test_download_starts_again_when_the_server_ignores_range(tmp_path, zip_server):
+    url, data, requests = zip_server
+    (tmp_path / "tiny.zip.part").write_bytes(b"stale bytes of an older file")
+    download_dataset("tiny", tmp_path, base_url=url + "/norange")
+    assert requests == [("/norange/tiny.zip", "bytes=28-")]
+    assert (tmp_path / "tiny" / "testA" / "0.png").is_file()  # the zip was complete and valid
+
+
 def test_download_errors(tmp_path, zip_server):
     url, data, _ = zip_server
     with pytest.raises(RuntimeError, match="HTTP 404"):
@@ -174,3 +190,16 @@ def test_download_errors(tmp_path, zip_server):
         download_dataset("tiny", tmp_path, base_url=url, sha256="0" * 64)
     with pytest.raises(ValueError, match="not an official CycleGAN dataset"):
         download_dataset("horse2unicorn", tmp_path)
+
+
+def test_domain_names_come_from_the_dataset_name():
+    from cyclegan.data import domains_from_name
+    assert domains_from_name("horse2zebra") == ("horse", "zebra")
+    assert domains_from_name("summer2winter_yosemite") == ("summer", "winter")
+    assert domains_from_name("cityscapes_photo2label") == ("photo", "label")
+    assert domains_from_name("maps") is None
+    import train
+    _, model_config, _ = train.configs_from_args({"dataset": "summer2winter_yosemite"})
+    assert (model_config.domain_A, model_config.domain_B) == ("summer", "winter")
+    _, model_config, _ = train.configs_from_args({"dataroot": "/data/my_photos/"})
+    assert (model_config.domain_A, model_config.domain_B) == ("A", "B")
