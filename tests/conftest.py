@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -17,6 +20,16 @@ from PIL import Image
 from cyclegan import CycleGAN, ModelConfig
 
 TINY = ModelConfig(ngf=8, ndf=8, n_blocks=2, n_layers=2, domain_A="horse", domain_B="zebra")
+TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--n-layers", "2", "--load-size", "36",
+              "--crop-size", "32", "--device", "cpu", "--workers", "0"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(args: list[str], **kw) -> subprocess.CompletedProcess:
+    """`python ARGS` in the repository, one torch thread, output captured (e.g. ["train.py", ...])."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, **kw)
 
 
 def free_port() -> int:

@@ -182,6 +182,19 @@ def test_evaluate_file_lists_reuses_cached_real_features(tiny_model: CycleGAN, d
         ev.evaluate(tiny_model)
 
 
+def test_format_table_shows_every_number_of_a_direction():
+    result = {"model": "m", "dataroot": "d", "size": 256, "features": ev.FEATURES, "kid_kernel": "k", "kid_subsets": 100,
+              "kid_seed": 0, "cycle_l1_scale": "[-1, 1]",
+              "A2B": {"domains": "horse→zebra", "images": 120, "target_images": 140, "fid": 223.61, "kid": 0.1673,
+                      "kid_std": 0.0021, "kid_subset_size": 120, "cycle_l1": 0.1404, "reference_fid": 236.42,
+                      "reference_kid": 0.2023, "reference_kid_std": 0.0019}}
+    table = ev.format_table(result)
+    row = next(line for line in table.splitlines() if line.startswith("A2B"))
+    assert row.split() == ["A2B", "horse→zebra", "120→140", "223.61", "0.1673", "±", "0.0021", "0.1404", "236.42",
+                           "0.2023", "±", "0.0019"]
+    assert "B2A" not in table and "100 random subsets of 120 (A2B) images" in table
+
+
 def test_make_grid(tmp_path: Path, tiny_model: CycleGAN, dataroot: Path):
     spec = importlib.util.spec_from_file_location("make_grid", ROOT / "scripts" / "make_grid.py")
     make_grid = importlib.util.module_from_spec(spec)

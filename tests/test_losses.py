@@ -29,9 +29,18 @@ def test_pool_fills_then_mixes_old_and_new():
     for x in first:  # while filling, each image comes straight back
         assert torch.equal(pool.query(x), x)
     assert len(pool.images) == 3
-    returned = [pool.query(torch.full((1, 1, 2, 2), 100.0 + i)).flatten()[0].item() for i in range(200)]
-    assert 0 < sum(v < 100 for v in returned) and sum(v >= 100 for v in returned) > 60
-    assert len(pool.images) == 3
+    inserted, returned = [0.0, 1.0, 2.0], []
+    for i in range(400):
+        value = 100.0 + i
+        out = pool.query(torch.full((1, 1, 2, 2), value)).flatten()[0].item()
+        returned.append(out)
+        if out != value:  # an old image came back: it was in the pool, and the new one took its place
+            assert out in inserted
+            inserted.remove(out)
+            inserted.append(value)
+        assert sorted(im.flatten()[0].item() for im in pool.images) == sorted(inserted)
+    old = sum(v < 100 + i for i, v in enumerate(returned))
+    assert 160 <= old <= 240  # half of them, as in the paper: Binomial(400, 0.5) is within ±40 at 4 sigma
 
 
 def test_pool_size_zero_passes_through_and_state_round_trips():

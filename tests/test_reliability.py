@@ -29,11 +29,8 @@ from PIL import Image
 from cyclegan import CycleGAN, ModelConfig
 from cyclegan.data import ImageError, load_rgb, to_tensor
 from cyclegan.training import Trainer, TrainConfig, load_checkpoint
-from tests.conftest import TINY
+from tests.conftest import ROOT, TINY, TINY_FLAGS, run_python as run
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--n-layers", "2", "--load-size", "36",
-              "--crop-size", "32", "--device", "cpu", "--workers", "0", "--sample-every", "100000"]
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 
@@ -261,12 +258,6 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300, **kw)
-
-
 def logged_steps(out: Path) -> list[int]:
     try:
         lines = (out / "losses.csv").read_text().splitlines()[1:]
@@ -338,15 +329,16 @@ def test_kill_9_at_any_time_leaves_a_loadable_checkpoint(dataroot, tmp_path):
     assert load_checkpoint(out)["step"] == last + 2
 
 
-def test_sigint_saves_and_exits_cleanly(dataroot, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and `kill` of the job
+def test_a_stop_signal_saves_and_exits_cleanly(dataroot, tmp_path, sig):
     out, log = tmp_path / "run", tmp_path / "log"
     proc = start(["--dataroot", str(dataroot), "--output", str(out), "--save-every", "100000", "--log-every", "1",
                   *TINY_FLAGS, "--workers", "1"], log)
     wait_until(lambda: len(logged_steps(out)) >= 3, proc, log)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group, data worker included
+    os.killpg(proc.pid, sig)  # the whole process group, data worker included, as from a terminal
     assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
     text = log.read_text()
-    assert "SIGINT: saved" in text and f"--resume {out}" in text and "Traceback" not in text
+    assert f"{sig.name}: saved" in text and f"--resume {out}" in text and "Traceback" not in text
     assert load_checkpoint(out)["step"] == logged_steps(out)[-1] >= 3  # nothing done was lost
 
 
