@@ -16,6 +16,7 @@ from .files import download, one_line
 from .model import CycleGAN, ModelConfig
 from .networks import Generator
 
+AUTHORS_REPO = "junyanz/pytorch-CycleGAN-and-pix2pix"
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cyclegan-kit" / "pretrained"
 # Their ResnetGenerator is one nn.Sequential `model`; a residual block's layers sit in its `conv_block`.
@@ -119,7 +120,9 @@ def convert(a2b: str | os.PathLike, b2a: str | os.PathLike, domains: tuple[str, 
                          f"differs from {a2b} (ngf={config.ngf}, {config.n_blocks} blocks, "
                          f"affine_norm={config.affine_norm})")
     config.domain_A, config.domain_B = domains
-    model = CycleGAN(config, info=info)
+    # Their weights come with their code's BSD licence, which the model card then states.
+    model = CycleGAN(config, info={"license": "bsd", "license_link": f"https://github.com/{AUTHORS_REPO}/blob/master/LICENSE",
+                                   **(info or {})})
     model.G_AB = to_generator(layers_ab, config, a2b)
     model.G_BA = to_generator(layers_ba, config, b2a)
     return model.eval()
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             domains = tuple(args.domains or (a, b))
             url = args.base_url.rstrip("/")
             args.a2b, args.b2a = (fetch(f"{url}/{n}.pth", Path(args.cache)) for n in (args.name, reverse))
-        training = {"converted_from": "junyanz/pytorch-CycleGAN-and-pix2pix",
+        training = {"converted_from": AUTHORS_REPO,
                     "G_AB": Path(args.a2b).name, "G_BA": Path(args.b2a).name}
         model = convert(args.a2b, args.b2a, domains, info={"training": training})
         out = model.save_pretrained(args.out, dtype=args.dtype)

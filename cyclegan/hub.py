@@ -6,11 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CycleGAN, _resolve, _write_atomic, model_card
+from .files import one_line, write_atomic
+from .model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CycleGAN, model_card, resolve_files
 
 
-def push(folder: str, repo_id: str, private: bool = False, dtype: str = "float16") -> str:
-    """Check that `folder` loads, then upload it (weights re-encoded as `dtype`); returns the commit URL."""
+def push(folder: str, repo_id: str, private: bool = False, dtype: str = "float16", regenerate_card: bool = False) -> str:
+    """Check that `folder` loads, then upload it (weights re-encoded as `dtype`) with its README.md as
+    the model card, kept as edited; a card is generated from config.json when the folder has none or
+    `regenerate_card`. Returns the commit URL."""
     from huggingface_hub import get_token
 
     # Say what is missing before any work: the Hub itself would answer with a bare 401.
@@ -19,7 +22,9 @@ def push(folder: str, repo_id: str, private: bool = False, dtype: str = "float16
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
     model = CycleGAN.from_pretrained(folder)
-    return model.push_to_hub(repo_id, private=private, dtype=dtype)
+    card = Path(folder) / CARD_NAME
+    keep = card.is_file() and not regenerate_card
+    return model.push_to_hub(repo_id, private=private, dtype=dtype, card=card.read_text() if keep else None)
 
 
 def pull(repo_id: str, out: str, revision: str | None = None) -> Path:
@@ -27,17 +32,17 @@ def pull(repo_id: str, out: str, revision: str | None = None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    config_path, weights_path = _resolve(repo_id, revision, token=None)
+    config_path, weights_path = resolve_files(repo_id, revision)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for src in (config_path, weights_path):
-        _write_atomic(out_dir / src.name, src.read_bytes())
+        write_atomic(out_dir / src.name, src.read_bytes())
     model = CycleGAN.from_pretrained(out_dir)  # refuse a repo whose files do not make a model
     try:
         card = Path(hf_hub_download(repo_id, CARD_NAME, revision=revision)).read_bytes()
     except EntryNotFoundError:  # no card on the Hub, or offline with an uncached one: write ours
         card = model_card(model.config, model.info).encode()
-    _write_atomic(out_dir / CARD_NAME, card)
+    write_atomic(out_dir / CARD_NAME, card)
     return out_dir
 
 
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                    help="precision of the uploaded weights (default: float16, half the download)")
+    p.add_argument("--regenerate-card", action="store_true",
+                   help=f"write the model card anew from {CONFIG_NAME} instead of uploading the folder's {CARD_NAME}")
     p = commands.add_parser("pull", help="download a Hub model repo into a local model folder")
     p.add_argument("repo_id")
     p.add_argument("--out", required=True, help="folder to write")
@@ -60,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "push":
-            print(push(args.folder, args.repo_id, private=args.private, dtype=args.dtype))
+            print(push(args.folder, args.repo_id, args.private, args.dtype, args.regenerate_card))
         else:
             print(pull(args.repo_id, args.out, revision=args.revision))
     # OSError covers missing files, tokens and Hub answers; the bases of HfHubHTTPError include the
     # Hub client's HTTP library error, which its connection errors derive from.
     except (OSError, ValueError, *HfHubHTTPError.__bases__) as e:
-        print(f"error: {' '.join(str(e).split())[:500]}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0
 

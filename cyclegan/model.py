@@ -16,11 +16,14 @@ from PIL import Image
 from torch import nn
 
 from .data import load_rgb, to_image, to_tensor
+from .files import write_atomic
 from .networks import Discriminator, Generator, init_weights
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 DIRECTIONS = ("A2B", "B2A")
 PRECISIONS = ("auto", "fp32", "bf16")
+# Official CycleGAN datasets that the Hub holds as huggan/NAME: model cards name them by that id.
+HUB_DATASETS = ("horse2zebra", "apple2orange", "summer2winter_yosemite")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -79,15 +82,6 @@ class ModelConfig:
         return config
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class CycleGAN(nn.Module):
     """G_AB translates domain A to B and G_BA back; D_A and D_B exist only when training."""
 
@@ -135,9 +129,9 @@ class CycleGAN(nn.Module):
         tensors = {f"{name}.{k}": v.detach().to("cpu", getattr(torch, dtype)).contiguous()
                    for name in ("G_AB", "G_BA") for k, v in getattr(self, name).state_dict().items()}
         config = {"model_type": "cyclegan", **asdict(self.config), **self.info}
-        _write_atomic(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "dtype": dtype}))
-        _write_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
-        _write_atomic(directory / CARD_NAME, model_card(self.config, self.info).encode())
+        write_atomic(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "dtype": dtype}))
+        write_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+        write_atomic(directory / CARD_NAME, model_card(self.config, self.info).encode())
         return directory
 
     @classmethod
@@ -147,7 +141,7 @@ class CycleGAN(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        config_path, weights_path = _resolve(source, revision, token)
+        config_path, weights_path = resolve_files(source, revision, token)
         try:
             raw = json.loads(Path(config_path).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -177,13 +171,16 @@ class CycleGAN(nn.Module):
         return model.to(device).eval()
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
-                    dtype: str = "float16", commit_message: str = "Upload CycleGAN") -> str:
-        """Upload the model folder to the Hub; returns the URL of the commit."""
+                    dtype: str = "float16", commit_message: str = "Upload CycleGAN", card: str | None = None) -> str:
+        """Upload the model folder to the Hub (with `card` as README.md instead of a generated one);
+        returns the URL of the commit."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, dtype=dtype)
+            if card is not None:
+                write_atomic(Path(tmp) / CARD_NAME, card.encode())
             api.create_repo(repo_id, private=private, exist_ok=True)
             info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
         return str(getattr(info, "commit_url", info))
@@ -297,8 +294,9 @@ def _ramp(n: int, overlap: int, device) -> torch.Tensor:
     return r
 
 
-def _resolve(source: str | os.PathLike, revision: str | None, token: str | None) -> tuple[Path, Path]:
-    """Local folder -> its files; otherwise a Hub repo id -> cached downloads."""
+def resolve_files(source: str | os.PathLike, revision: str | None = None,
+                  token: str | None = None) -> tuple[Path, Path]:
+    """(config.json, model.safetensors) of a local model folder, or of a Hub repo id (cached downloads)."""
     path = Path(source)
     if path.is_dir():
         missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
@@ -330,12 +328,23 @@ def _resolve(source: str | os.PathLike, revision: str | None, token: str | None)
 
 
 def model_card(config: ModelConfig, info: dict) -> str:
-    """README.md of a model folder: Hub metadata, then what the model is and how it was made."""
+    """README.md of a model folder: Hub metadata (licence, dataset, FID/KID as model-index), then what
+    the model is and how it was made."""
     dataset = info.get("dataset")
-    lines = ["---", "library_name: cyclegan-kit", "license: mit", "pipeline_tag: image-to-image",
+    hub_dataset = dataset if dataset and "/" in dataset else f"huggan/{dataset}" if dataset in HUB_DATASETS else None
+    lines = ["---", "library_name: cyclegan-kit", f"license: {info.get('license', 'mit')}", "pipeline_tag: image-to-image",
              "tags:", "- cyclegan", "- image-to-image", "- unpaired-image-translation"]
-    if dataset:
-        lines += ["datasets:", f"- {dataset}"]
+    if hub_dataset:
+        lines += ["datasets:", f"- {hub_dataset}"]
+    metrics = info.get("metrics") or {}
+    scores = [(k, v) for k, v in metrics.items() if k.split()[0] in ("FID", "KID") and isinstance(v, (int, float))]
+    if scores:  # the Hub's machine-readable results; "reference" scores of untranslated images stay in the table
+        lines += ["model-index:", f"- name: cyclegan-{config.domain_A}2{config.domain_B}", "  results:",
+                  "  - task:", "      type: image-to-image", "      name: Image-to-Image", "    dataset:",
+                  f"      name: {dataset or 'test images'}", f"      type: {hub_dataset or dataset or 'custom'}",
+                  "      split: test", "    metrics:"]
+        lines += [line for k, v in scores for line in (f"    - type: {k.split()[0].lower()}", f"      value: {v}",
+                                                       f"      name: {json.dumps(k, ensure_ascii=False)}")]
     lines += ["---", "", f"# CycleGAN {config.domain_A} ↔ {config.domain_B}", "",
               f"Unpaired image-to-image translation (Zhu et al., ICCV 2017) between *{config.domain_A}* (A) and "
               f"*{config.domain_B}* (B), made with cyclegan-kit. `G_AB` maps A→B and `G_BA` maps B→A.", "",
@@ -345,6 +354,8 @@ def model_card(config: ModelConfig, info: dict) -> str:
               f"ResNet generators with ngf={config.ngf} and {config.n_blocks} residual blocks; "
               f"PatchGAN discriminators (ndf={config.ndf}, {config.n_layers} layers) were used in training "
               "and are not published.", ""]
+    if info.get("license_link"):
+        lines += [f"Licence: {info['license'].upper()}, that of the weights' source ({info['license_link']}).", ""]
     training = info.get("training")
     if training:
         lines += ["## Training", ""]
@@ -355,8 +366,8 @@ def model_card(config: ModelConfig, info: dict) -> str:
                 lines.append(f"- {k}: `{v}`")
         lines.append("")
     if info.get("steps"):
-        lines += [f"Trained {info['steps']:,} steps ({info.get('epochs', '?')} epochs) at {info.get('image_size', '?')} px.", ""]
-    metrics = info.get("metrics")
+        lines += [f"Trained {info['steps']:,} steps ({info.get('epochs', '?')} epochs) at {info.get('image_size', '?')} px"
+                  + (f" on {dataset}." if dataset else "."), ""]
     if metrics:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]

@@ -250,9 +250,32 @@ def test_push_uploads_a_float16_model_folder(tiny_model, tmp_path, monkeypatch, 
         assert f.metadata()["dtype"] == "float16"
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     assert json.loads((uploaded / "config.json").read_text())["dataset"] == "horse2zebra"
-    assert "datasets:\n- horse2zebra" in (uploaded / "README.md").read_text()
+    assert "datasets:\n- huggan/horse2zebra" in (uploaded / "README.md").read_text()
     back = CycleGAN.from_pretrained(uploaded)
     assert all(torch.equal(back.state_dict()[k], v.half().float()) for k, v in tiny_model.state_dict().items())
+    # A hand-edited card is uploaded as it is, unless a new one is asked for.
+    edited = (tmp_path / "model" / "README.md").read_text().replace("## Architecture", "## My notes\n\nHello.\n\n## Architecture")
+    (tmp_path / "model" / "README.md").write_text(edited)
+    for flags, expected in (([], edited), (["--regenerate-card"], (tmp_path / "model" / "README.md").read_text())):
+        shutil.rmtree(uploaded)
+        assert hub_main(["push", str(tmp_path / "model"), "me/tiny", *flags]) == 0
+        assert ((uploaded / "README.md").read_text() == edited) == (not flags)
+    assert "My notes" not in (uploaded / "README.md").read_text()
+
+
+def test_model_card_metadata_reads_as_the_hub_reads_it(tiny_model, tmp_path):
+    from huggingface_hub import ModelCard
+
+    tiny_model.info = {"dataset": "horse2zebra", "metrics": {"FID horse→zebra": 80.5, "KID horse→zebra": 0.02,
+                                                             "reference FID horse→zebra (untranslated)": 236.4,
+                                                             "cycle L1 horse→zebra": 0.1}}
+    card = ModelCard.load(tiny_model.save_pretrained(tmp_path / "m") / "README.md")
+    assert card.data.license == "mit" and card.data.pipeline_tag == "image-to-image"
+    assert card.data.datasets == ["huggan/horse2zebra"]
+    results = {(r.metric_type, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results == {("fid", "FID horse→zebra"): 80.5, ("kid", "KID horse→zebra"): 0.02}
+    assert {r.dataset_type for r in card.data.eval_results} == {"huggan/horse2zebra"}
+    # (Weights converted from the authors' checkpoints say BSD: tests/test_translate_cli.py.)
 
 
 def test_push_without_token_fails_before_uploading(tiny_model, tmp_path):

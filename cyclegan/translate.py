@@ -1,0 +1,183 @@
+"""Translate files, folders and videos with a model folder, a Hub repo or the authors' weights:
+`python -m cyclegan.translate --model weights/horse2zebra-identity photos/ clip.mp4 --out translated/`.
+The app's video endpoint uses `translate_video` from here."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
+from .files import one_line
+from .model import CONFIG_NAME, DIRECTIONS, PRECISIONS, WEIGHTS_NAME, CycleGAN
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+AUTHORS = "authors:"  # authors:horse2zebra = the generators the CycleGAN authors published, converted
+
+
+class VideoError(ValueError):
+    """A video that cannot be read, or is over the limit: the message names the file."""
+
+
+def load_model(name: str, device: str | torch.device = "cpu") -> CycleGAN:
+    """A model folder, a Hub repo id, or `authors:NAME` (the authors' NAME generators, downloaded and
+    converted on first use into a model folder in the cache, and read from there afterwards)."""
+    if not name.startswith(AUTHORS):
+        return CycleGAN.from_pretrained(name, device=device)
+    from . import convert
+
+    pair_name = name[len(AUTHORS):]
+    folder = convert.CACHE.parent / "converted" / pair_name
+    if not all((folder / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME)):
+        reverse, a, b = convert.pair(pair_name)
+        url = os.environ.get("CYCLEGAN_AUTHORS_URL", convert.BASE_URL).rstrip("/")
+        a2b, b2a = (convert.fetch(f"{url}/{n}.pth", convert.CACHE) for n in (pair_name, reverse))
+        training = {"converted_from": convert.AUTHORS_REPO, "G_AB": a2b.name, "G_BA": b2a.name}
+        tmp = folder.with_name(folder.name + ".tmp")
+        convert.convert(a2b, b2a, (a, b), info={"training": training}).save_pretrained(tmp, dtype="float16")
+        os.replace(tmp, folder)  # a complete folder or none: an interrupted conversion is redone
+    return CycleGAN.from_pretrained(folder, device=device)
+
+
+def video_size(path: str | os.PathLike) -> tuple[int, int, int, Fraction]:
+    """(frames, width, height, frames per second) of a video's first video stream; frames is counted
+    from the duration where the container does not say (0 when neither is known)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: has no video stream")
+            stream = container.streams.video[0]
+            rate = Fraction(stream.average_rate or stream.guessed_rate or 25).limit_denominator(1001)
+            frames = stream.frames
+            if not frames and container.duration:  # in microseconds
+                frames = round(container.duration / 1_000_000 * rate)
+            return frames, stream.width, stream.height, rate
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video ({one_line(e, 200)})") from None
+
+
+def translate_video(model: CycleGAN, source: str | os.PathLike, target: str | os.PathLike, direction: str = "A2B",
+                    precision: str = "auto", max_side: int | None = 1024, max_frame_pixels: int | None = None,
+                    progress: Callable[[int, int], object] | None = None) -> Path:
+    """Translate a video frame by frame into an H.264 mp4 at `target`: the same size (odd sides get one
+    repeated row or column: H.264 needs even ones), the same average frame rate, no sound.
+    `max_frame_pixels` bounds frames × width × height; `progress(done, total)` is called per frame."""
+    import av
+
+    frames, width, height, rate = video_size(source)
+    if max_frame_pixels and frames * width * height > max_frame_pixels:
+        raise VideoError(f"{Path(source).name}: {frames} frames of {width}×{height} are over the limit of "
+                         f"{max_frame_pixels / 1e6:g} million frame pixels; cut it shorter or make it smaller")
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp.mp4")
+    done = 0
+    try:
+        with av.open(str(source)) as src, av.open(str(tmp), "w") as out:
+            stream = out.add_stream("libx264", rate=rate, options={"crf": "18", "preset": "fast"})
+            stream.width, stream.height = width + width % 2, height + height % 2
+            stream.pix_fmt = "yuv420p"  # what browsers play
+            for frame in src.decode(video=0):
+                done += 1
+                if max_frame_pixels and done * width * height > max_frame_pixels:  # more frames than announced
+                    raise VideoError(f"{Path(source).name}: over the limit of {max_frame_pixels / 1e6:g} million "
+                                     f"frame pixels after {done - 1} frames")
+                fake = np.asarray(model.translate(frame.to_image(), direction, max_side=max_side, precision=precision))
+                fake = np.pad(fake, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(fake, format="rgb24")))
+                if progress:
+                    progress(done, max(frames, done))
+            out.mux(stream.encode())
+    except av.error.FFmpegError as e:
+        tmp.unlink(missing_ok=True)
+        raise VideoError(f"{source}: cannot be translated after {done} frames ({one_line(e, 200)})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if done == 0:
+        tmp.unlink(missing_ok=True)
+        raise VideoError(f"{source}: has no frames")
+    os.replace(tmp, target)
+    return target
+
+
+def plan(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
+    """(source, target) pairs: a file goes to OUT/its name, a folder's images and videos (recursively)
+    to OUT/their path inside it. Two sources with one target are an error."""
+    jobs = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            jobs += [(p, out / p.relative_to(path)) for p in sorted(path.rglob("*"))
+                     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
+        elif path.exists():
+            jobs.append((path, out / path.name))
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    targets: dict[Path, Path] = {}
+    for source, target in jobs:
+        if target in targets:
+            raise ValueError(f"{source} and {targets[target]} would both be written to {target}")
+        targets[target] = source
+    return jobs
+
+
+def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, cycle: bool, precision: str) -> None:
+    """One image (or video) into `target`, in the format of its extension; with `cycle` also F(G(x))
+    beside it as NAME.rec.EXT (images only)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix.lower() in VIDEO_EXTENSIONS:
+        translate_video(model, source, target.with_suffix(".mp4"), direction, precision)
+        return
+    x = load_rgb(source)
+    outputs = model.cycle(x, direction, precision=precision) if cycle else (model.translate(x, direction, precision=precision),)
+    for image, path in zip(outputs, (target, target.with_name(f"{target.stem}.rec{target.suffix}"))):
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the extension tells PIL the format
+        try:
+            image.save(tmp, quality=95) if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else image.save(tmp)
+        except (OSError, ValueError, KeyError) as e:  # e.g. an extension PIL cannot write
+            tmp.unlink(missing_ok=True)
+            raise ImageError(f"{source}: cannot write {path.suffix} files ({one_line(e, 200)})") from None
+        os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm.auto import tqdm
+
+    parser = argparse.ArgumentParser(prog="python -m cyclegan.translate", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, videos, or folders (read recursively)")
+    parser.add_argument("--model", required=True,
+                        help="model folder, Hub repo id, or authors:NAME (e.g. authors:horse2zebra)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the results (same names and sub-folders)")
+    parser.add_argument("--direction", choices=DIRECTIONS, default="A2B", help="A2B (default) or B2A")
+    parser.add_argument("--cycle", action="store_true", help="also write F(G(x)) as NAME.rec.EXT (images)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic (default: auto)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    try:
+        jobs = plan(args.inputs, args.out)
+        model = load_model(args.model, device=args.device)
+    except (OSError, ValueError) as e:  # DownloadError is an OSError
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+    failed = 0
+    for source, target in tqdm(jobs, unit="file", desc="translating"):
+        try:
+            translate_file(model, source, target, args.direction, args.cycle, args.precision)
+        except (ImageError, VideoError, OSError) as e:
+            failed += 1
+            tqdm.write(f"skipped {source}: {one_line(e).removeprefix(f'{source}: ')}", file=sys.stderr)
+    print(f"{len(jobs) - failed} of {len(jobs)} files translated into {args.out}"
+          + (f"; {failed} skipped" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""`python -m cyclegan.translate`: files, folders (names with spaces, sub-folders), videos, unreadable
+files, and `authors:NAME` models converted once from the authors' files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cyclegan import convert
+from cyclegan.translate import VideoError, load_model, main, translate_video
+from tests.test_convert import authors_server  # noqa: F401 (a fixture)
+
+
+def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48), codec: str = "libx264",
+                rate: int = 12) -> Path:
+    """`frames` frames of noise; ffv1 in .mkv allows odd sizes (H.264 does not)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p" if codec == "libx264" else "yuv444p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def read_video(path: Path) -> tuple[str, int, int, int, float]:
+    """(codec, frames decoded, width, height, average frame rate)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        return stream.codec_context.name, frames, stream.width, stream.height, float(stream.average_rate)
+
+
+@pytest.fixture
+def model_dir(tiny_model, tmp_path) -> Path:
+    return tiny_model.save_pretrained(tmp_path / "tiny model")
+
+
+def test_a_folder_with_spaces_keeps_names_paths_and_sizes(model_dir, tmp_path, capsys):
+    photos = tmp_path / "my photos"
+    sizes = {"a horse.png": (40, 36), "sub dir/zebra 2.jpg": (33, 17), "sub dir/deeper/x.webp": (8, 9)}
+    for name, size in sizes.items():
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (120, 80, 40)).save(photos / name)
+    (photos / "notes.txt").write_text("not an image, and not named as one: ignored")
+    (photos / "sub dir" / "broken.png").write_text("named as an image, but text")
+    out = tmp_path / "out dir"
+    assert main(["--model", str(model_dir), str(photos), "--out", str(out), "--precision", "fp32"]) == 1
+    for name, size in sizes.items():
+        assert Image.open(out / name).size == size, name
+    assert not (out / "notes.txt").exists() and not (out / "sub dir" / "broken.png").exists()
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped {photos / 'sub dir' / 'broken.png'}: not an image file")
+    assert "3 of 4 files translated" in err and "1 skipped" in err
+    (photos / "sub dir" / "broken.png").unlink()
+    assert main(["--model", str(model_dir), str(photos / "a horse.png"), "--out", str(tmp_path / "one"),
+                 "--direction", "B2A", "--cycle"]) == 0
+    assert Image.open(tmp_path / "one" / "a horse.png").size == Image.open(tmp_path / "one" / "a horse.rec.png").size
+
+
+def test_videos_keep_frames_size_and_rate(model_dir, tmp_path):
+    clip = write_video(tmp_path / "clip one.mp4")
+    odd = write_video(tmp_path / "odd.mkv", frames=5, size=(63, 47), codec="ffv1", rate=10)
+    assert main(["--model", str(model_dir), str(clip), str(odd), "--out", str(tmp_path / "out")]) == 0
+    assert read_video(tmp_path / "out" / "clip one.mp4") == ("h264", 8, 64, 48, 12.0)
+    assert read_video(tmp_path / "out" / "odd.mp4") == ("h264", 5, 64, 48, 10.0)  # even sides for H.264
+
+
+def test_video_limit_and_unreadable_videos(tiny_model, model_dir, tmp_path, capsys):
+    clip = write_video(tmp_path / "clip.mp4")
+    with pytest.raises(VideoError, match=r"clip.mp4: 8 frames of 64×48 are over the limit"):
+        translate_video(tiny_model, clip, tmp_path / "x.mp4", max_frame_pixels=64 * 48 * 7)
+    assert not list(tmp_path.glob("x.mp4*"))
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing else")
+    assert main(["--model", str(model_dir), str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "out")]) == 1
+    assert "skipped " + str(tmp_path / "bad.mp4") + ": not a readable video" in capsys.readouterr().err
+
+
+def test_bad_model_or_input_is_one_line(model_dir, tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nowhere"), str(model_dir), "--out", str(tmp_path / "o")]) == 1
+    assert main(["--model", str(model_dir), str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and err[1] == f"error: {tmp_path / 'missing.jpg'}: no such file or folder"
+
+
+def test_authors_weights_are_converted_once_and_say_bsd(authors_server, tmp_path, monkeypatch):  # noqa: F811
+    url, nets = authors_server
+    monkeypatch.setenv("CYCLEGAN_AUTHORS_URL", url)
+    monkeypatch.setattr(convert, "CACHE", tmp_path / "cache" / "pretrained")
+    model = load_model("authors:horse2zebra")
+    assert model.domains("A2B") == ("horse", "zebra")
+    folder = tmp_path / "cache" / "converted" / "horse2zebra"
+    card = (folder / "README.md").read_text()
+    assert "license: bsd\n" in card and "pytorch-CycleGAN-and-pix2pix/blob/master/LICENSE" in card
+    (tmp_path / "served" / "pretrained_models" / "horse2zebra.pth").unlink()
+    for f in (tmp_path / "cache" / "pretrained").iterdir():
+        f.unlink()  # the converted folder is used from now on: no download, no conversion
+    assert load_model("authors:horse2zebra").config == model.config
