@@ -1,5 +1,5 @@
 """Export one generator of a model folder (or Hub repo) to ONNX, for any batch size and image size:
-`python -m cyclegan.export_onnx weights/horse2zebra --out horse2zebra_A2B.onnx`."""
+`python -m cyclegan.export_onnx weights/horse2zebra --out horse2zebra_A2B.onnx` (`--fp16-weights`: half the size)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import one_line, write_atomic
 from .model import CycleGAN
 
 # Reflect padding needs opset >= 11, but torch's (dynamo) exporter writes opset 18 natively and, asked for
@@ -59,18 +60,46 @@ def export(source: str, out: str, direction: str = "A2B", opset: int = OPSET) ->
     program.save(out, external_data=False)
 
 
+def half_weights(path: str) -> None:
+    """Store the float32 weights of the ONNX file `path` as float16, each cast back to float32 by a Cast node:
+    half the download, while inputs, outputs and arithmetic stay float32 (runtimes fold the casts when they
+    load the model). Weights beyond float16's range are an error."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(path)
+    graph, casts = model.graph, []
+    for i, tensor in enumerate(graph.initializer):
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        name, weights = tensor.name, numpy_helper.to_array(tensor)
+        if np.abs(weights).max(initial=0) > np.finfo(np.float16).max:
+            raise ValueError(f"{path}: weight {name} exceeds float16's range; keep it float32")
+        graph.initializer[i].CopyFrom(numpy_helper.from_array(weights.astype(np.float16), f"{name}.fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}.fp16"], [name], to=TensorProto.FLOAT))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    write_atomic(path, model.SerializeToString())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cyclegan.export_onnx", description=__doc__)
     parser.add_argument("source", help="model folder or Hub repo id")
     parser.add_argument("--out", required=True, help="ONNX file to write, e.g. model_A2B.onnx")
     parser.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    parser.add_argument("--fp16-weights", action="store_true", help="store the weights as float16 (I/O stays float32)")
     args = parser.parse_args(argv)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it warns about torchvision ops we do not use
     try:
         export(args.source, args.out, args.direction, args.opset)
+        if args.fp16_weights:
+            half_weights(args.out)
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {' '.join(str(e).split())[:500]}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     print(args.out)
     return 0
