@@ -16,22 +16,14 @@ from cyclegan.data import domains_from_name
 from cyclegan.model import ModelConfig
 from cyclegan.training import TrainConfig, load_checkpoint, train
 
-MODEL_HELP = {"ngf": "generator width (channels of its first convolution)",
-              "ndf": "discriminator width", "n_blocks": "residual blocks in the generators (6 for 128 px)",
-              "n_layers": "discriminator layers (3: 70x70 PatchGAN)",
-              "domain_A": "name of domain A (default: from the dataset name, e.g. horse)",
-              "domain_B": "name of domain B (default: from the dataset name, e.g. zebra)"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
-    groups = (("model", ModelConfig, MODEL_HELP), ("training", TrainConfig, {}))
-    for title, cls, helps in groups:
+    for title, cls in (("model", ModelConfig), ("training", TrainConfig)):
         group = parser.add_argument_group(title)
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            help_ = f.metadata.get("help", helps.get(f.name, ""))
+            help_ = f.metadata["help"]
             if f.type in (bool, "bool"):
                 # booleans that default to True get a --no-X switch, the others a --X switch
                 if f.default:

@@ -57,12 +57,12 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
 class ModelConfig:
     """Everything needed to rebuild the networks; saved in config.json and in checkpoints."""
 
-    ngf: int = 64
-    ndf: int = 64
-    n_blocks: int = 9
-    n_layers: int = 3
-    domain_A: str = "A"
-    domain_B: str = "B"
+    ngf: int = field(default=64, metadata={"help": "generator width (channels of its first convolution)"})
+    ndf: int = field(default=64, metadata={"help": "discriminator width"})
+    n_blocks: int = field(default=9, metadata={"help": "residual blocks in the generators (6 for 128 px)"})
+    n_layers: int = field(default=3, metadata={"help": "discriminator layers (3: 70x70 PatchGAN)"})
+    domain_A: str = field(default="A", metadata={"help": "name of domain A (default: from the dataset name, e.g. horse)"})
+    domain_B: str = field(default="B", metadata={"help": "name of domain B (default: from the dataset name, e.g. zebra)"})
     affine_norm: bool = field(default=False, metadata={
         "help": "learned scale and shift in the generators' instance norms (for converted weights)"})
 
