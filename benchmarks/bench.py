@@ -46,9 +46,6 @@ from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.losses import adversarial_loss, cycle_loss, discriminator_loss, identity_loss  # noqa: E402
 from cyclegan.training import Trainer, TrainConfig  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from screenshot import serve_app  # noqa: E402
-
 PREVIEW = ROOT / "weights" / "horse2zebra-identity"
 PREVIEWS = {"preview, identity": PREVIEW, "preview, no identity": ROOT / "weights" / "horse2zebra-no-identity"}
 PHOTOS = [ROOT / "datasets" / "horse2zebra" / "testA", ROOT.parent / "shared" / "datasets" / "horse2zebra" / "testA"]
@@ -283,7 +280,10 @@ def bench_emulated_bf16(size: int = 128) -> dict:
 def bench_app(requests: int, warmup: int = 2, extra_env: dict | None = None) -> dict:
     """`python app.py` in a subprocess, driven through gradio_client: latency of /translate for one
     client and for 4 concurrent ones, and the model time the app itself reports in its summary."""
+    # Imported here, not at the top: the GPU machine (scripts/gpu_check.sh) has no gradio or selenium.
     from gradio_client import Client, handle_file
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from screenshot import serve_app
 
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "horse.jpg"
@@ -412,8 +412,11 @@ def bench_training(device: torch.device, setups: list[tuple[int, int, int]], rep
                     "train_step (default)": lambda: optimised.train_step(batch),
                     "train_step without NaN check": lambda: unchecked.train_step(batch)}
         trainers = [naive, optimised, unchecked]
-        if device.type == "cuda":
+        if device.type == "cuda":  # the default there is bf16 autocast: fp32 beside it, and bf16 compiled
+            trainers.append(Trainer(TrainConfig(amp="none"), model_config, device))
+            variants["train_step --amp none (fp32)"] = lambda fp32=trainers[-1]: fp32.train_step(batch)
             compiled = Trainer(TrainConfig(compile=True), model_config, device)
+            trainers.append(compiled)
             variants["train_step + torch.compile"] = lambda: compiled.train_step(batch)
         else:  # bf16 autocast is opt-in on the CPU (the default there is fp32)
             trainers.append(Trainer(TrainConfig(amp="bf16"), model_config, device))
@@ -559,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--only", default="", help="comma-separated sections: generator,accuracy,app,big,training,data")
+    parser.add_argument("--tiny", action="store_true",
+                        help="training: an 8-channel, 2-block model at 32 px, once (scripts/gpu_check.sh --dry-run)")
     parser.add_argument("--big-photo-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="4096x3072", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -595,7 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     if "training" in sections:
         print("training steps...", flush=True)
         setups = [(32, 6, 128)] if quick else [(32, 6, 128), (64, 9, 256)]
-        r["training"] = bench_training(device, setups, 2 if quick else 4)
+        if device.type == "cuda":  # the paper's model at 256 px, also when quick
+            setups = [(64, 9, 256)] if quick else [(32, 6, 128), (64, 9, 256)]
+        if args.tiny:
+            setups = [(8, 2, 32)]
+        r["training"] = bench_training(device, setups, 1 if args.tiny else 2 if quick else 4)
     if "data" in sections:
         r["data_loading"] = bench_data_loading([0, 2], 20 if quick else 100)
     r["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
