@@ -1,19 +1,22 @@
-"""The cyclegan-kit demo: upload an image, translate it with G, see G(x) and the reconstruction
-F(G(x)), and compare the checkpoints trained with and without identity loss.
+"""The cyclegan-kit demo: translate an image or a video with G, compare x and G(x) on a slider, see the
+reconstruction F(G(x)), and compare the checkpoints trained with and without identity loss.
 
-`python app.py` serves it on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that);
-CYCLEGAN_MODEL=<Hub repo id or folder> picks the default model, and the bundled weights/ are used offline.
+`python app.py` serves it on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that).
+It shows the bundled weights/ (offline) and the models listed in CYCLEGAN_MODELS, and only those.
 """
 from __future__ import annotations
 
 import functools
 import os
+import signal
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no analytics calls
 # Before torch is imported: OpenMP threads that sleep between operations, instead of spinning, leave
-# the cores to NNPACK's convolutions (the generators' fast path) and to the web server's threads.
+# the cores to the web server's threads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr
@@ -23,13 +26,22 @@ from PIL import Image
 
 from cyclegan import CycleGAN
 from cyclegan.data import ImageError, load_rgb
+from cyclegan.files import DownloadError, one_line
+from cyclegan.translate import AUTHORS, VideoError, load_model as load_any, translate_video as video_to_video
 
 ROOT = Path(__file__).resolve().parent
-BUNDLED = {True: ROOT / "weights" / "horse2zebra-identity", False: ROOT / "weights" / "horse2zebra-no-identity"}
 BUNDLED_NAME = "horse2zebra preview (bundled)"
+BUNDLED = {True: str(ROOT / "weights" / "horse2zebra-identity"), False: str(ROOT / "weights" / "horse2zebra-no-identity")}
+EXAMPLES = ROOT / "examples"
 MAX_SIDE = int(os.environ.get("CYCLEGAN_MAX_SIDE", 1024))
 MAX_PIXELS = int(os.environ.get("CYCLEGAN_MAX_PIXELS", 40_000_000))
+MAX_VIDEO_PIXELS = int(os.environ.get("CYCLEGAN_MAX_VIDEO_PIXELS", 100_000_000))
 CONCURRENCY = int(os.environ.get("CYCLEGAN_CONCURRENCY", 1))
+ALLOW_ANY = os.environ.get("CYCLEGAN_ALLOW_ANY_MODEL") == "1"  # free text: Hub ids and server folders (local use)
+# Cached examples and translated videos live for the life of the process: a cache left by an older
+# version of the app or of the weights is never served.
+WORK = tempfile.TemporaryDirectory(prefix="cyclegan-app-")
+os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(Path(WORK.name) / "examples"))
 
 
 class UploadedImage(gr.Image):
@@ -47,23 +59,49 @@ class UploadedImage(gr.Image):
             return None if payload is None else payload.path
 
 
+def label(source: str) -> str:
+    """How a source is named on the page: a folder by its name, never by its path on the server."""
+    if source.startswith(AUTHORS):
+        return f"{source[len(AUTHORS):]} (the CycleGAN authors' weights)"
+    return Path(source).name if Path(source).is_dir() else source
+
+
+def configured_models() -> dict[str, dict[bool, str]]:
+    """{display name: {identity: source}}: the entries of CYCLEGAN_MODELS (comma-separated; each a Hub
+    repo id, a folder or authors:NAME, or a pair `with-identity|without-identity`), then the bundled pair."""
+    models = {}
+    for entry in filter(None, (e.strip() for e in os.environ.get("CYCLEGAN_MODELS", "").split(","))):
+        parts = [p.strip() for p in entry.split("|")]
+        if len(parts) > 2 or not all(parts):
+            print(f"CYCLEGAN_MODELS: ignoring {entry!r}: expected one model or a pair a|b", file=sys.stderr)
+            continue
+        models[" / ".join(map(label, parts))] = {True: parts[0], False: parts[-1]}
+    return {**models, BUNDLED_NAME: BUNDLED}
+
+
 @functools.lru_cache(maxsize=8)
 def load_model(source: str) -> CycleGAN:
     """Models are loaded once per source and kept; switching the toggle does not touch the disk."""
-    return CycleGAN.from_pretrained(source)
+    return load_any(source)
 
 
-def default_sources() -> tuple[dict[bool, str], str]:
-    """The checkpoints to show ({identity: source}) and a note on where they came from."""
-    wanted = os.environ.get("CYCLEGAN_MODEL", "").strip()
-    if wanted:
-        try:
-            load_model(wanted)
-            return {True: wanted, False: wanted}, f"Model: `{wanted}` (from CYCLEGAN_MODEL)."
-        except (OSError, ValueError) as e:
-            note = f"Could not load CYCLEGAN_MODEL={wanted} ({e}); showing the bundled preview models instead."
-            return {k: str(v) for k, v in BUNDLED.items()}, note
-    return {k: str(v) for k, v in BUNDLED.items()}, ""
+def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
+    """The model a request names, and how to name it. Only configured names are served (unless
+    CYCLEGAN_ALLOW_ANY_MODEL=1), and no message says anything about the server's files."""
+    choice = choice or DEFAULT
+    entry = MODELS.get(choice)
+    if entry is None and not ALLOW_ANY:
+        raise gr.Error(f"Unknown model {choice!r}: choose one of {', '.join(map(repr, MODELS))}")
+    source = entry[bool(identity)] if entry else choice
+    try:
+        return load_model(source), label(source)
+    except DownloadError as e:
+        raise gr.Error(f"The CycleGAN authors' weights could not be downloaded ({one_line(e, 200)}); "
+                       f"the other models still work.") from None
+    except (OSError, ValueError) as e:
+        print(f"cannot load {source}: {one_line(e)}", file=sys.stderr)
+        detail = f": {one_line(e, 300)}" if ALLOW_ANY else "; the other models still work"
+        raise gr.Error(f"Model {choice!r} cannot be loaded{detail}") from None
 
 
 def heat_map(x: Image.Image, rec: Image.Image) -> Image.Image:
@@ -74,9 +112,20 @@ def heat_map(x: Image.Image, rec: Image.Image) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8))
 
 
-def translate(image: str | None, direction: str = "A2B", identity: bool = True, source: str = "",
+def translate(image: str | None, direction: str = "A2B", identity: bool = True, model: str | None = None,
               large: str = "tile", show_heat_map: bool = False):
-    """x, G(x), F(G(x)), the error heat map and a summary, for the API and the page alike."""
+    """Translate an image with G and back with F.
+
+    Parameters:
+        image: the image to translate (any format Pillow reads; alpha is composited on white)
+        direction: "A2B" (e.g. horse to zebra) or "B2A"
+        identity: for a pair of checkpoints, the one trained with identity loss (True) or without (False)
+        model: one of the models the page lists (default: the first)
+        large: images longer than the app's size limit are translated in "tile"s or "downscale"d
+        show_heat_map: also return the cycle error |x - F(G(x))| as a heat map
+    Returns:
+        x, G(x), F(G(x)), the heat map (or None), (x, G(x)) for the slider, and a one-line summary
+    """
     if image is None:
         raise gr.Error("Upload an image first.")
     if direction not in ("A2B", "B2A"):
@@ -86,119 +135,175 @@ def translate(image: str | None, direction: str = "A2B", identity: bool = True, 
         x = load_rgb(image, max_pixels=MAX_PIXELS)
     except ImageError as e:
         raise gr.Error(f"Cannot use {name}: {str(e).split(': ', 1)[-1]}") from None
-    source = (source or "").strip() or SOURCES[bool(identity)]
-    try:
-        model = load_model(source)
-    except (OSError, ValueError) as e:
-        raise gr.Error(f"Cannot load model {source}: {e}") from None
+    net, name = get_model(model, identity)
     start = time.perf_counter()
-    fake, rec = model.cycle(x, direction, max_side=MAX_SIDE, large=large)
+    fake, rec = net.cycle(x, direction, max_side=MAX_SIDE, large=large)
     seconds = time.perf_counter() - start
     error = float(np.abs(np.asarray(x, np.float32) - np.asarray(rec, np.float32)).mean() / 127.5)
-    c = model.config
-    src, dst = (c.domain_A, c.domain_B) if direction == "A2B" else (c.domain_B, c.domain_A)
-    summary = (f"**{src} → {dst}** with `{Path(source).name if Path(source).is_dir() else source}` · "
-               f"{x.width}×{x.height} px · cycle error mean |x − F(G(x))| = **{error:.4f}** (images in [-1, 1]) · "
-               f"{seconds:.2f} s")
-    return x, fake, rec, heat_map(x, rec) if show_heat_map else None, summary
+    src, dst = net.domains(direction)
+    summary = (f"**{src} → {dst}** with `{name}` · {x.width}×{x.height} px · cycle error mean |x − F(G(x))| = "
+               f"**{error:.4f}** (images in [-1, 1]) · {seconds:.2f} s")
+    return x, fake, rec, heat_map(x, rec) if show_heat_map else None, (x, fake), summary
 
 
-def describe(source: str) -> str:
-    """What is shown: the model, how it was trained and how well it does, from its config.json."""
+def translate_example(image: str, direction: str, identity: bool):
+    """F(G(x)), the slider and the summary: the outputs an example shows (a cached example cannot hold
+    the empty heat map)."""
+    _, _, rec, _, pair, summary = translate(image, direction, identity)
+    return rec, pair, summary
+
+
+def translate_video(video: str | None, direction: str = "A2B", identity: bool = True, model: str | None = None,
+                    progress=gr.Progress()) -> str:
+    """Translate a video frame by frame with G into an H.264 mp4 of the same size and frame rate (no sound).
+
+    Parameters:
+        video: the video to translate (mp4, mov, webm, mkv, avi, ...)
+        direction: "A2B" (e.g. horse to zebra) or "B2A"
+        identity: for a pair of checkpoints, the one trained with identity loss (True) or without (False)
+        model: one of the models the page lists (default: the first)
+    Returns:
+        the translated mp4
+    """
+    if video is None:
+        raise gr.Error("Upload a video first.")
+    if direction not in ("A2B", "B2A"):
+        raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
+    net, _ = get_model(model, identity)
+    out = Path(tempfile.mkdtemp(dir=WORK.name)) / f"{Path(video).stem}-{direction}.mp4"
     try:
-        model = load_model(source)
-    except (OSError, ValueError) as e:
-        return f"Model `{source}` could not be loaded: {e}"
-    c, info = model.config, model.info
-    training = info.get("training", {})
-    lines = [f"**{Path(source).name if Path(source).is_dir() else source}**: {c.domain_A} ↔ {c.domain_B}, "
-             f"ResNet generator ngf={c.ngf}, {c.n_blocks} blocks"]
-    if info.get("steps"):
-        lines.append(f"trained {info['steps']:,} steps ({info.get('epochs', '?')} epochs) at "
-                     f"{info.get('image_size', '?')} px on {info.get('dataset', '?')}, "
-                     f"λ_identity={training.get('lambda_identity', '?')}")
-    metrics = info.get("metrics") or {}
-    if metrics:
-        lines.append(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-    return " · ".join(lines)
+        return str(video_to_video(net, video, out, direction, max_side=MAX_SIDE, max_frame_pixels=MAX_VIDEO_PIXELS,
+                                  progress=lambda done, total: progress((done, total), desc="frames", unit="frames")))
+    except VideoError as e:  # the upload's name, not its path on the server
+        raise gr.Error(str(e).replace(str(video), Path(video).name)) from None
 
 
-SOURCES, SOURCE_NOTE = default_sources()
+def about(models: dict[str, dict[bool, str]]) -> str:
+    """The models on offer as a small table: how they were made and their FID/KID, from config.json."""
+    rows = ["| model | checkpoint | generator | trained | FID A→B / B→A | KID A→B / B→A |", "|---|---|---|---|---|---|"]
+    for name, entry in models.items():
+        for identity, source in entry.items() if entry[True] != entry[False] else [(None, entry[True])]:
+            which = "" if identity is None else "with identity loss" if identity else "without"
+            if source.startswith(AUTHORS) and source not in LOADED:
+                rows.append(f"| {name} | {which} | downloaded on first use | by the authors | | |")
+                continue
+            try:
+                m = load_model(source)
+            except (OSError, ValueError):
+                rows.append(f"| {name} | {which} | could not be loaded | | | |")
+                continue
+            c, info = m.config, m.info
+            a, b = c.domain_A, c.domain_B
+            metric = lambda kind: " / ".join(f"{info.get('metrics', {}).get(f'{kind} {s}→{t}', '–')}" for s, t in ((a, b), (b, a)))
+            trained = (f"{info['steps']:,} steps at {info.get('image_size', '?')} px" if info.get("steps") else
+                       "by the authors" if "converted_from" in info.get("training", {}) else "")
+            rows.append(f"| {name} | {which} | ngf {c.ngf}, {c.n_blocks} blocks | {trained} | {metric('FID')} | {metric('KID')} |")
+    return ("\n".join(rows) + "\n\nFID and KID against the real test images of the target domain (lower is "
+            "better); the published CycleGAN reaches FID 77 on horse → zebra. See the README for details.")
 
-INTRO = """# CycleGAN: unpaired image-to-image translation
-CycleGAN (Zhu et al., ICCV 2017) learns two generators, G: A → B and F: B → A, from two unpaired
-sets of images. Adversarial losses make G(x) look like domain B; the cycle-consistency loss asks
-F(G(x)) to give back x. An optional identity loss (G(y) ≈ y for y in B) keeps colours in place:
-switch it below to compare the two checkpoints on the same image."""
+
+MODELS = configured_models()
+LOADED: set[str] = set()
+for _name, _entry in MODELS.items():  # loaded once, before the first request (not the authors' weights)
+    for _source in {s for s in _entry.values() if not s.startswith(AUTHORS)}:
+        try:
+            load_model(_source)
+            LOADED.add(_source)
+        except (OSError, ValueError) as _e:
+            print(f"cannot load {_source}: {one_line(_e)}", file=sys.stderr)
+DEFAULT = next((n for n, e in MODELS.items() if all(s in LOADED for s in e.values())), BUNDLED_NAME)
+
+# A short header, and the examples as a grid of thumbnails (3 by 2) instead of a tall table, so that
+# the upload box, the controls and the examples fit the first screen of a phone.
+CSS = """
+.compact-header h1 { margin: 0 0 4px 0 !important; font-size: 1.4em !important; }
+.compact-header p { margin: 0 !important; }
+#examples thead { display: none; }
+#examples tbody { display: grid; grid-template-columns: repeat(3, 1fr); gap: 6px; }
+#examples tr { display: flex; flex-direction: column; align-items: center; padding: 0 !important; }
+#examples .container { width: 64px !important; height: 64px !important; }
+#examples img { width: 100% !important; height: 100% !important; object-fit: cover; }
+#examples td { padding: 2px !important; border: none !important; text-align: center; font-size: 0.85em; white-space: nowrap; }
+"""
 
 
 def build_demo() -> gr.Blocks:
-    models = [try_load(source) for source in SOURCES.values()]  # loaded once, before the first request
-    a, b = (models[0].config.domain_A, models[0].config.domain_B) if models[0] else ("A", "B")
+    a, b = load_model(BUNDLED[True]).domains("A2B") if BUNDLED[True] in LOADED else ("A", "B")
     with gr.Blocks(title="CycleGAN", analytics_enabled=False) as demo:
-        gr.Markdown(INTRO)
-        if SOURCE_NOTE:
-            gr.Markdown(f"*{SOURCE_NOTE}*")
-        gr.Markdown("\n\n".join(f"- {'with' if k else 'without'} identity loss: {describe(v)}"
-                                for k, v in SOURCES.items()))
-        with gr.Row():
-            image = UploadedImage(label="Image", type="filepath", image_mode=None,
-                                  sources=["upload", "clipboard", "webcam"])
-            with gr.Column():
-                direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B",
-                                     label="Direction")
-                identity = gr.Checkbox(value=True, label="trained with identity loss")
-                with gr.Accordion("More options", open=False):
-                    source = gr.Textbox(value="", label="Other model: Hub repo id or local folder (empty: the default)",
-                                        placeholder="user/cyclegan-horse2zebra")
-                    large = gr.Radio([("translate in tiles", "tile"), ("downscale", "downscale")], value="tile",
-                                     label=f"Images larger than {MAX_SIDE} px")
-                    show_heat_map = gr.Checkbox(value=False, label="show the cycle error heat map")
-                button = gr.Button("Translate", variant="primary")
-        with gr.Row():
-            out_x = gr.Image(label="input x", type="pil", format="png")
-            out_fake = gr.Image(label="translation G(x)", type="pil", format="png")
-            out_rec = gr.Image(label="reconstruction F(G(x))", type="pil", format="png")
-            # Shown only when asked for: an empty full-width box under the results looked broken.
-            out_heat = gr.Image(label="cycle error |x − F(G(x))|", type="pil", format="png", visible=False)
-        summary = gr.Markdown()
+        gr.Markdown("# CycleGAN: horse ↔ zebra\nG translates x; F brings G(x) back.",
+                    elem_classes="compact-header")
+        direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B", label="Direction")
+        with gr.Row(equal_height=True):
+            identity = gr.Checkbox(value=True, label="trained with identity loss", min_width=150)
+            model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY, min_width=150,
+                                filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY)
+        # Results first, rendered below: the examples beside the upload box need them as outputs.
+        slider = gr.ImageSlider(label="x | G(x): drag to compare", type="pil", format="png", height=360, render=False)
+        out_rec = gr.Image(label="reconstruction F(G(x))", type="pil", format="png", height=360, render=False)
+        # Shown only when asked for: an empty box beside the results looked broken.
+        out_heat = gr.Image(label="cycle error |x − F(G(x))|", type="pil", format="png", height=360, visible=False,
+                            render=False)
+        # x and G(x) as separate files for the API; the slider shows them on the page.
+        out_x = gr.Image(label="input x", type="pil", format="png", visible=False, render=False)
+        out_fake = gr.Image(label="translation G(x)", type="pil", format="png", visible=False, render=False)
+        summary = gr.Markdown(render=False)
+        outputs = [out_x, out_fake, out_rec, out_heat, slider, summary]
+        with gr.Tab("Image"):
+            with gr.Row():
+                image = UploadedImage(label="Image", type="filepath", image_mode=None, height=200,
+                                      sources=["upload", "clipboard", "webcam"])
+                with gr.Column():
+                    button = gr.Button("Translate", variant="primary")
+                    rows = [[str(p), "A2B" if p.name.startswith(a) else "B2A", not p.stem.endswith("3")]
+                            for p in sorted(EXAMPLES.glob("*.jpg"))]
+                    gr.Examples(rows, [image, direction, identity], [out_rec, slider, summary], fn=translate_example,
+                                cache_examples=True,
+                                cache_mode="lazy", label="Examples (click one)", examples_per_page=6,
+                                visible_columns=[0, 1], elem_id="examples")
+            with gr.Row():
+                for component in (slider, out_rec, out_heat):
+                    component.render()
+            for component in (out_x, out_fake, summary):
+                component.render()
+        with gr.Tab("Video"):
+            with gr.Row():
+                video = gr.Video(label="Video", sources=["upload"])
+                video_out = gr.Video(label="translated video G(x)", format=None)
+            video_button = gr.Button("Translate video", variant="primary")
+            gr.Markdown(f"Frame by frame, at the video's size and frame rate, without sound; up to "
+                        f"{MAX_VIDEO_PIXELS / 1e6:g} million frame pixels (e.g. "
+                        f"{MAX_VIDEO_PIXELS / (640 * 480 * 30):.0f} s of 640×480 at 30 frames/s).")
+        with gr.Accordion("About these models", open=False):
+            gr.Markdown(about(MODELS))
+        with gr.Accordion("More options", open=False):
+            large = gr.Radio([("translate in tiles", "tile"), ("downscale", "downscale")], value="tile",
+                             label=f"Images larger than {MAX_SIDE} px")
+            show_heat_map = gr.Checkbox(value=False, label="show the cycle error heat map")
         show_heat_map.change(lambda on: gr.Image(visible=on), show_heat_map, out_heat, queue=False,
                              api_visibility="private")
-        examples = _example_images()
-        if examples:
-            gr.Examples(examples, inputs=[image, direction])
-        button.click(translate, [image, direction, identity, source, large, show_heat_map],
-                     [out_x, out_fake, out_rec, out_heat, summary], api_name="translate",
+        # The toggle picks one of a pair; a single model has nothing to switch to.
+        model.change(lambda m: gr.Checkbox(interactive=m not in MODELS or MODELS[m][True] != MODELS[m][False]),
+                     model, identity, queue=False, api_visibility="private")
+        # The whole docstring on the API page: Gradio shows only its first paragraph, without the parameters.
+        button.click(translate, [image, direction, identity, model, large, show_heat_map], outputs,
+                     api_name="translate", api_description=" ".join(translate.__doc__.split()),
                      concurrency_limit=CONCURRENCY)
+        video_button.click(translate_video, [video, direction, identity, model], video_out, api_name="translate_video",
+                           api_description=" ".join(translate_video.__doc__.split()), concurrency_limit=CONCURRENCY)
     return demo
 
 
-def try_load(source: str) -> CycleGAN | None:
-    try:
-        return load_model(source)
-    except (OSError, ValueError):
-        return None
-
-
-def _example_images() -> list[list[str]]:
-    """Two test images per domain when a horse2zebra copy is at hand (the data sets are not shipped)."""
-    for root in (ROOT / "datasets" / "horse2zebra", ROOT.parent / "shared" / "datasets" / "horse2zebra"):
-        if (root / "testA").is_dir() and (root / "testB").is_dir():
-            a = sorted((root / "testA").glob("*.jpg"))[:2]
-            b = sorted((root / "testB").glob("*.jpg"))[:2]
-            return [[str(p), "A2B"] for p in a] + [[str(p), "B2A"] for p in b]
-    return []
-
-
 if __name__ == "__main__":
+    # SIGTERM (a Space's or a test's stop) as a normal exit, so that WORK is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
     # System fonts: the page then needs no web fonts, offline included, and renders every glyph.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
     build_demo().queue(default_concurrency_limit=CONCURRENCY, max_size=64).launch(
-        theme=theme,
+        theme=theme, css=CSS,
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         max_file_size=os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"),
-        allowed_paths=[str(p) for p in (ROOT / "weights",)],
+        allowed_paths=[str(ROOT / "weights"), str(EXAMPLES)],
     )

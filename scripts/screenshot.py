@@ -1,8 +1,9 @@
-"""Screenshot of the demo for the README: start `python app.py`, upload an image in headless Chromium,
-press Translate and save the page as a PNG. The tests start the app and drive the page with the same
-helpers (tests/conftest.py, tests/test_browser.py).
+"""Screenshots of the demo for the README: start `python app.py` in headless Chromium, save the first
+screen on a phone (412×915) and on a laptop (1366×768), then click an example (or upload an image) and
+save the page with its results. The tests start the app and drive the page with the same helpers
+(tests/conftest.py, tests/test_browser.py).
 
-    python scripts/screenshot.py path/to/horse.jpg [--output docs/screenshot.png]
+    python scripts/screenshot.py [--image path/to/horse.jpg] [--out docs]
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
-OUTPUTS = ("input x", "translation G(x)", "reconstruction F(G(x))")
+OUTPUTS = ("x | G(x): drag to compare", "reconstruction F(G(x))")
+PHONE, LAPTOP = (412, 915), (1366, 768)
 
 
 @contextlib.contextmanager
@@ -41,7 +43,9 @@ def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
         port = s.getsockname()[1]
     full_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
                 "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", **env}
-    full_env.pop("CYCLEGAN_MODEL", None)
+    for name in ("CYCLEGAN_MODELS", "CYCLEGAN_ALLOW_ANY_MODEL", "CYCLEGAN_MAX_VIDEO_PIXELS"):
+        if name not in env:  # the operator's settings of this machine stay out of tests and screenshots
+            full_env.pop(name, None)
     # The log goes to a file: an unread pipe would fill up and block the server.
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log,
@@ -87,6 +91,29 @@ def chromium(width: int = 1400, height: int = 1100) -> Iterator[webdriver.Chrome
             driver.quit()
 
 
+def emulate(driver: webdriver.Chrome, width: int, height: int) -> None:
+    """A viewport of exactly width × height CSS pixels; below 600 px wide, a phone's (touch, mobile layout)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                                  "deviceScaleFactor": 1, "mobile": width < 600})
+
+
+def open_page(driver: webdriver.Chrome, url: str, timeout: float = 60) -> None:
+    """Load the page and wait until the image upload is there."""
+    driver.get(url)
+    WebDriverWait(driver, timeout).until(
+        lambda d: block(d, "Image").find_element(By.CSS_SELECTOR, "input[type=file]"), "the Image upload did not appear")
+
+
+def bottom(driver: webdriver.Chrome, element: WebElement) -> float:
+    """Where `element` ends, in CSS pixels from the top of the page."""
+    return driver.execute_script("return arguments[0].getBoundingClientRect().bottom + window.scrollY", element)
+
+
+def examples(driver: webdriver.Chrome) -> list[WebElement]:
+    """The example thumbnails (rows of the examples table), in order."""
+    return driver.find_elements(By.CSS_SELECTOR, "#examples tr.tr-body")
+
+
 def block(driver: webdriver.Chrome, label: str) -> WebElement:
     """The Gradio component (its `div.block`) whose label reads `label`."""
     return driver.find_element(By.XPATH, f"//label[normalize-space()='{label}']"
@@ -116,9 +143,10 @@ def summary(driver: webdriver.Chrome) -> str:
 
 
 def busy(driver: webdriver.Chrome) -> bool:
-    """Whether Gradio shows its progress overlay on any of the outputs."""
-    return any("hide" not in overlay.get_attribute("class").split()
-               for label in OUTPUTS for overlay in block(driver, label).find_elements(By.CSS_SELECTOR, "div.wrap"))
+    """Whether Gradio shows its progress overlay (div.wrap.default; the slider has a div.wrap of its own)
+    on any of the outputs."""
+    return any("hide" not in overlay.get_attribute("class").split() for label in OUTPUTS
+               for overlay in block(driver, label).find_elements(By.CSS_SELECTOR, "div.wrap.default"))
 
 
 def app_errors(driver: webdriver.Chrome) -> None:
@@ -128,10 +156,11 @@ def app_errors(driver: webdriver.Chrome) -> None:
         raise RuntimeError(f"the app reported: {' / '.join(errors)}")
 
 
-def translate(driver: webdriver.Chrome, timeout: float = 120) -> dict[str, str]:
-    """Click Translate and wait until the run is over and the three outputs have loaded; returns {label: src}."""
+def translate(driver: webdriver.Chrome, timeout: float = 120, click: WebElement | None = None) -> dict[str, str]:
+    """Click Translate (or `click`, e.g. an example) and wait until the run is over and the outputs have
+    loaded; returns {label: src}."""
     before = summary(driver)
-    driver.find_element(By.XPATH, "//button[normalize-space()='Translate']").click()
+    (click or driver.find_element(By.XPATH, "//button[normalize-space()='Translate']")).click()
     wait = WebDriverWait(driver, timeout, poll_frequency=0.2)
     # The summary arrives a moment before the images, so "done" also needs the progress overlays gone.
     wait.until(lambda d: app_errors(d) or busy(d) or summary(d) != before, "Translate did not start")
@@ -148,11 +177,8 @@ def translate(driver: webdriver.Chrome, timeout: float = 120) -> dict[str, str]:
 
 def open_and_upload(driver: webdriver.Chrome, url: str, image: Path, direction: str, timeout: float = 60) -> None:
     """Load the page, put `image` into the "Image" input and pick the direction by its label."""
-    driver.get(url)
-    upload = WebDriverWait(driver, timeout).until(
-        lambda d: block(d, "Image").find_element(By.CSS_SELECTOR, "input[type=file]"),
-        "the Image upload did not appear")
-    upload.send_keys(str(Path(image).resolve()))
+    open_page(driver, url, timeout)
+    block(driver, "Image").find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(Path(image).resolve()))
     WebDriverWait(driver, timeout).until(lambda d: image_src(d, "Image"), "the upload was not shown")
     driver.find_element(By.XPATH, f"//label[normalize-space()='{direction}']").click()
 
@@ -177,19 +203,30 @@ def save_page(driver: webdriver.Chrome, path: Path, height: float | None = None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("image", type=Path, help="a horse photo to translate")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "screenshot.png")
-    parser.add_argument("--direction", default="horse → zebra", help="the direction's label on the page")
+    parser.add_argument("--image", type=Path, help="a horse photo to upload (default: click the first example)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs)")
     parser.add_argument("--colors", type=int, default=256, help="palette size; 0 keeps full colour")
     args = parser.parse_args()
-    with serve_app() as url, chromium() as driver:
-        open_and_upload(driver, url, args.image, args.direction)
-        translate(driver)
-        # Down to the summary under the results; the examples table below adds nothing to a README.
-        bottom = driver.execute_script("return arguments[0].getBoundingClientRect().bottom + window.scrollY",
-                                       summary_element(driver))
-        path = save_page(driver, args.output, height=bottom + 12, max_colors=args.colors or None)
-    print(f"{path} ({path.stat().st_size / 1024:.0f} KB)")
+    colors = args.colors or None
+    with serve_app() as url, chromium(*LAPTOP) as driver:
+        paths = []
+        for name, (width, height) in (("first-screen-phone", PHONE), ("first-screen-laptop", LAPTOP)):
+            emulate(driver, width, height)
+            open_page(driver, url)
+            WebDriverWait(driver, 30).until(lambda d: all(d.execute_script("return arguments[0].complete && "
+                                                                           "arguments[0].naturalWidth", img)
+                                                          for img in d.find_elements(By.CSS_SELECTOR, "#examples img")))
+            paths.append(save_page(driver, args.out / f"{name}.png", height=height, max_colors=colors))
+        if args.image:
+            open_and_upload(driver, url, args.image, "horse → zebra")
+            translate(driver)
+        else:
+            translate(driver, click=examples(driver)[0])
+        # Down to the summary under the results; what follows adds nothing to a README.
+        paths.append(save_page(driver, args.out / "screenshot.png", height=bottom(driver, summary_element(driver)) + 12,
+                               max_colors=colors))
+    for path in paths:
+        print(f"{path} ({path.stat().st_size / 1024:.0f} KB)")
 
 
 if __name__ == "__main__":

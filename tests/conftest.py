@@ -114,10 +114,18 @@ def zip_server(tmp_path):
     server.shutdown()
 
 
+# What the session's app may translate per video: 8 frames of 64×48 pass, 16 do not.
+TEST_VIDEO_PIXELS = 8 * 64 * 48 * 3 // 2
+
+
 @pytest.fixture(scope="session")
-def server():
+def server(tmp_path_factory):
     """`python app.py` as a user runs it, on a free 127.0.0.1 port and offline (bundled weights); its URL.
+    It also lists the authors' horse2zebra, whose download fails (a closed port, an empty cache).
     One server for the session: the gradio_client tests and the browser test share it."""
     from scripts.screenshot import serve_app
-    with serve_app(CYCLEGAN_MAX_SIDE="256") as url:
+    with serve_app(CYCLEGAN_MAX_SIDE="256", CYCLEGAN_MODELS="authors:horse2zebra",
+                   CYCLEGAN_AUTHORS_URL=f"http://127.0.0.1:{free_port()}",
+                   XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
+                   CYCLEGAN_MAX_VIDEO_PIXELS=str(TEST_VIDEO_PIXELS)) as url:
         yield url

@@ -62,9 +62,10 @@ def test_app_translates_both_ways_with_both_checkpoints(client, photo):
     for direction in ("A2B", "B2A"):
         for identity in (True, False):
             result = client.predict(handle_file(str(photo)), direction, identity, api_name="/translate")
-            x, fake, rec = (Image.open(p) for p in result[:3])
+            x, fake, rec = (Image.open(p) for p in result[:3])  # the API's first three results stay x, G(x), F(G(x))
             assert x.size == fake.size == rec.size == (90, 70)
-            assert "cycle error" in result[4]
+            assert [Image.open(p).size for p in result[4]] == [(90, 70)] * 2  # the slider: x and G(x)
+            assert "cycle error" in result[-1]
             outputs[direction, identity] = np.asarray(fake.convert("RGB"), np.int16)
     for direction in ("A2B", "B2A"):  # the toggle really switches checkpoints
         assert np.abs(outputs[direction, True] - outputs[direction, False]).mean() > 1
@@ -83,3 +84,48 @@ def test_app_reports_bad_files_and_keeps_serving(client, photo, tmp_path):
         client.predict(handle_file(str(bomb)), "A2B", True, api_name="/translate")
     result = client.predict(handle_file(str(photo)), "B2A", False, api_name="/translate")
     assert Image.open(result[1]).size == (90, 70)
+
+
+def test_api_page_describes_translate(client):
+    import json
+    import urllib.request
+    api = json.load(urllib.request.urlopen(f"{client.src.rstrip('/')}/gradio_api/info"))["named_endpoints"]
+    for endpoint, first in (("/translate", "image"), ("/translate_video", "video")):
+        names = [p["parameter_name"] for p in api[endpoint]["parameters"]]
+        assert names[:4] == [first, "direction", "identity", "model"]
+        assert all(f"{name}: " in api[endpoint]["description"] for name in names), api[endpoint]["description"]
+
+
+def test_only_configured_models_are_served(client, photo):
+    """A name outside the list gets one answer, whatever exists on the server under that name."""
+    from gradio_client import handle_file
+    messages = []
+    for name in ("/etc", "/nonexistent", "/work", "weights/horse2zebra-identity", "someone/model"):
+        with pytest.raises(Exception) as e:
+            client.predict(handle_file(str(photo)), "A2B", True, name, api_name="/translate")
+        messages.append(str(e.value).replace(name, "NAME"))
+    assert len(set(messages)) == 1 and "not in the list of choices" in messages[0], messages
+    assert "horse2zebra preview (bundled)" in messages[0]
+
+
+def test_authors_weights_that_cannot_be_downloaded_leave_the_bundled_models(client, photo):
+    from gradio_client import handle_file
+    with pytest.raises(Exception, match="authors' weights could not be downloaded"):
+        client.predict(handle_file(str(photo)), "A2B", True, "horse2zebra (the CycleGAN authors' weights)",
+                       api_name="/translate")
+    result = client.predict(handle_file(str(photo)), "A2B", True, "horse2zebra preview (bundled)", api_name="/translate")
+    assert Image.open(result[1]).size == (90, 70)
+
+
+def test_translate_video_keeps_frames_and_size(client, tmp_path):
+    from gradio_client import handle_file
+
+    from tests.conftest import TEST_VIDEO_PIXELS
+    from tests.test_translate_cli import read_video, write_video
+    odd = write_video(tmp_path / "clip.mkv", frames=8, size=(63, 47), codec="ffv1", rate=10)
+    result = client.predict(handle_file(str(odd)), "B2A", False, api_name="/translate_video")
+    path = result["video"] if isinstance(result, dict) else result
+    assert Path(path).suffix == ".mp4" and read_video(Path(path)) == ("h264", 8, 64, 48, 10.0)
+    long = write_video(tmp_path / "long.mp4", frames=16)
+    with pytest.raises(Exception, match=f"long.mp4: 16 frames of 64×48 are over the limit of {TEST_VIDEO_PIXELS / 1e6:g}"):
+        client.predict(handle_file(str(long)), "A2B", True, api_name="/translate_video")

@@ -1,5 +1,6 @@
-"""The app in a real browser: headless Chromium uploads a picture, translates it with both checkpoints
-and leaves screenshots in test-artifacts/. Skipped without Chromium, except in CI (CI=...)."""
+"""The app in a real browser: headless Chromium uploads a picture and translates it with both checkpoints,
+checks the first screen of a phone and clicks an example there, and translates a video that then plays;
+screenshots go to test-artifacts/. Skipped without Chromium, except in CI (CI=...)."""
 import os
 from contextlib import suppress
 from pathlib import Path
@@ -10,8 +11,10 @@ from PIL import Image
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
-from scripts.screenshot import (CHROMEDRIVER, CHROMIUM, OUTPUTS, ROOT, chromium, open_and_upload, save_page, summary,
-                                translate)
+from selenium.webdriver.support.ui import WebDriverWait
+
+from scripts.screenshot import (CHROMEDRIVER, CHROMIUM, OUTPUTS, PHONE, ROOT, block, bottom, chromium, emulate, examples,
+                                open_and_upload, open_page, save_page, summary, translate)
 
 ARTIFACTS = ROOT / "test-artifacts"
 MISSING = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
@@ -56,5 +59,43 @@ def test_page_translates_an_upload_with_both_checkpoints(server, browser, pictur
     browser.find_element(By.XPATH, "//label[normalize-space()='trained with identity loss']").click()
     second = translate(browser)
     assert "horse2zebra-no-identity" in summary(browser)
-    assert second["translation G(x)"] != first["translation G(x)"]  # the toggle switched checkpoints
+    assert second["reconstruction F(G(x))"] != first["reconstruction F(G(x))"]  # the toggle switched checkpoints
     save_page(browser, ARTIFACTS / "browser-no-identity.png")
+
+
+def test_phone_first_screen_holds_the_controls_and_examples_and_an_example_translates(server, browser):
+    emulate(browser, *PHONE)
+    open_page(browser, server)
+    thumbs = examples(browser)
+    assert len(thumbs) == 6
+    controls = [block(browser, "Image"), *(browser.find_element(By.XPATH, f"//label[normalize-space()='{text}']")
+                                           for text in ("zebra → horse", "trained with identity loss")), thumbs[-1]]
+    save_page(browser, ARTIFACTS / "browser-phone.png", height=PHONE[1])
+    assert max(bottom(browser, c) for c in controls) <= PHONE[1], [bottom(browser, c) for c in controls]
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]  # no sideways scrolling
+    results = translate(browser, click=thumbs[3])  # a zebra, with identity loss
+    assert set(results) == set(OUTPUTS)
+    assert summary(browser).startswith("zebra → horse") and "horse2zebra-identity" in summary(browser)
+    save_page(browser, ARTIFACTS / "browser-phone-example.png")
+
+
+def test_a_video_is_translated_and_plays(server, browser, tmp_path):
+    from tests.test_translate_cli import write_video
+    clip = write_video(tmp_path / "clip.mp4", frames=8, size=(64, 48))
+    open_page(browser, server)
+    browser.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Video']").click()
+    upload = WebDriverWait(browser, 30).until(lambda d: block(d, "Video").find_element(By.CSS_SELECTOR, "input[type=file]"))
+    upload.send_keys(str(clip))
+    WebDriverWait(browser, 30).until(lambda d: block(d, "Video").find_elements(By.TAG_NAME, "video"))
+    browser.find_element(By.XPATH, "//button[normalize-space()='Translate video']").click()
+    result = WebDriverWait(browser, 120).until(
+        lambda d: block(d, "translated video G(x)").find_elements(By.TAG_NAME, "video"), "no translated video")[0]
+    # It plays: the browser decodes the H.264 file, knows its size and length, and time moves on.
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].readyState", result) >= 2,
+                                     "the browser cannot decode the translated video")
+    assert browser.execute_script("return [arguments[0].videoWidth, arguments[0].videoHeight]", result) == [64, 48]
+    assert abs(browser.execute_script("return arguments[0].duration", result) - 8 / 12) < 0.1
+    browser.execute_script("arguments[0].muted = true; arguments[0].play()", result)
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return arguments[0].currentTime", result) > 0,
+                                     "the translated video does not play")
+    save_page(browser, ARTIFACTS / "browser-video.png")
