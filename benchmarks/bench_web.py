@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -67,17 +68,17 @@ def serve_folder(folder: str | os.PathLike, isolated: bool = False) -> Iterator[
 
 
 @contextlib.contextmanager
-def chromium_logging_network() -> Iterator[webdriver.Chrome]:
-    """Headless Chromium as scripts/screenshot.py starts it, plus the performance log, which holds every
-    request the page and its workers make (see `requested_urls`)."""
+def chromium(net_log: Path | None = None) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium as scripts/screenshot.py starts it; with `net_log`, Chromium writes every request
+    it makes (the page's, its workers', its own) to that file, complete once the browser has quit."""
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={profile}", "--window-size=1400,1000"):
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
+                     *([f"--log-net-log={net_log}"] if net_log else [])):
             options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         try:
             yield driver
@@ -85,14 +86,15 @@ def chromium_logging_network() -> Iterator[webdriver.Chrome]:
             driver.quit()
 
 
-def requested_urls(driver: webdriver.Chrome) -> list[str]:
-    """The URLs of the requests made since the last call (from the performance log)."""
-    urls = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
+def page_requests(net_log: Path, origin: str) -> list[str]:
+    """The URLs requested on behalf of pages of `origin` (http://host:port), by the page or its workers, from a
+    Chromium net log. The browser's own traffic (update checks and the like) has another isolation key."""
+    log = json.loads(Path(net_log).read_text())
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    site = origin.rsplit(":", 1)[0]  # the isolation key names the site: scheme and host, no port
+    starts = [e["params"] for e in log["events"] if e["type"] == start_job and "url" in e.get("params", {})]
+    return [p["url"] for p in starts
+            if p.get("initiator") == origin or p.get("network_isolation_key", "").startswith(site)]
 
 
 def wait_for(driver: webdriver.Chrome, statuses: tuple[str, ...], timeout: float = 300) -> str:
@@ -137,6 +139,31 @@ def make_picture(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def onnxruntime_seconds(path: Path, image: Path, repeats: int) -> list[float]:
+    """Seconds per run of the ONNX file `path` on `image` in Python's onnxruntime (one thread), after a warm-up."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = {"image": (np.asarray(Image.open(image).convert("RGB"), np.float32).transpose(2, 0, 1)[None] / 127.5 - 1)}
+    session.run(None, x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, x)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=str(ROOT / "weights" / "horse2zebra-identity"))
@@ -144,6 +171,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         site = args.site
         if site is None:
@@ -152,7 +180,7 @@ def main() -> None:
         models = json.loads((site / "models.json").read_text())["models"]
         images = {size: make_picture(Path(tmp) / f"{size}.png", size, size) for size in args.sizes}
         rows = []
-        with chromium_logging_network() as driver:
+        with chromium() as driver:
             for isolated, threads in ((False, 1), (True, 2)):
                 with serve_folder(site, isolated) as (url, _):
                     for size, image in images.items():
@@ -161,14 +189,16 @@ def main() -> None:
                         times = [run_again(driver) for _ in range(args.repeats)]
                         rows.append((size, f"WASM, {got} thread{'s' * (got > 1)}"
                                      + (" (COOP/COEP)" if isolated else ""), min(times), statistics.median(times)))
+        for size, image in images.items():  # the same ONNX file in Python, for scale
+            times = onnxruntime_seconds(site / models[0]["generators"]["A2B"], image, args.repeats)
+            rows.append((size, "Python onnxruntime, 1 thread", min(times), statistics.median(times)))
     m = models[0]
     print(f"{m['name']} (ngf {m['ngf']}, {m['n_blocks']} blocks, {m['weights']} weights), headless Chromium "
-          f"{driver.capabilities.get('browserVersion', '?')}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; G(x) seconds per image over {args.repeats} runs after a warm-up\n")
+          f"{driver.capabilities.get('browserVersion', '?')}, {cpu_name()}, {os.cpu_count()} cores, load average "
+          f"{load:.1f} at the start; G(x) seconds per image, min and median of {args.repeats} runs after a warm-up\n")
     print("| size | backend | min s | median s |\n|---|---|---|---|")
     for size, backend, best, median in rows:
         print(f"| {size}×{size} | {backend} | {best:.2f} | {median:.2f} |")
-
 
 if __name__ == "__main__":
     main()

@@ -93,8 +93,9 @@ def export_generators(source: str, folder: Path, fp16: bool) -> tuple[dict, list
             else:
                 os.replace(half, path)
                 weights = "fp16"
-                notes.append(f"{path}: float16 weights, " + ("not checked (no onnxruntime)" if psnr is None
-                                                             else f"{psnr:.1f} dB against float32"))
+                check = ("not checked (no onnxruntime)" if psnr is None else "the same output as float32"
+                         if psnr == float("inf") else f"{psnr:.1f} dB against float32")
+                notes.append(f"{path}: float16 weights, {check}")
     training = model.info.get("training", {})
     entry = {"name": folder.name, "domains": {"A": model.config.domain_A, "B": model.config.domain_B},
              "identity": float(training.get("lambda_identity", 0) or 0) > 0, "weights": weights,

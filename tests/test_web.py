@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 
-from benchmarks.bench_web import (canvas_image, chromium_logging_network, make_picture, open_page, requested_urls,
-                                  serve_folder, wait_for)
+from benchmarks.bench_web import canvas_image, chromium, make_picture, open_page, page_requests, serve_folder, wait_for
 from cyclegan import CycleGAN
 from cyclegan.export_web import main as export_main
 from scripts.screenshot import CHROMEDRIVER, CHROMIUM
@@ -39,9 +38,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with chromium_logging_network() as driver:
-        driver.get("about:blank")
-        requested_urls(driver)  # drop the browser's own start-up requests
+    with chromium() as driver:
         yield driver
 
 
@@ -50,24 +47,26 @@ def psnr(a, b) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
-def test_page_draws_what_python_translates_and_stays_in_its_folder(site, browser, tmp_path):
+def test_page_draws_what_python_translates_and_stays_in_its_folder(site, tmp_path):
     folder, model = site
     photo = make_picture(tmp_path / "horse.png", 90, 70)  # sides not multiples of 4: padded and cropped
-    with serve_folder(folder) as (url, served):
-        open_page(browser, f"{url}index.html?direction=B2A", photo)
+    net_log = tmp_path / "net-log.json"
+    with serve_folder(folder) as (url, served), chromium(net_log) as browser:  # its own browser: the log is
+        open_page(browser, f"{url}index.html?direction=B2A", photo)              # complete when it quits
         fake, rec = canvas_image(browser, "gx"), canvas_image(browser, "fgx")
-        urls = requested_urls(browser)
+        summary, backend = (browser.find_element(By.ID, i).text for i in ("summary", "backend"))
     expected_fake, expected_rec = model.cycle(photo, "B2A", precision="fp32")
     assert fake.size == rec.size == (90, 70)
     assert psnr(fake, expected_fake) >= 40 and psnr(rec, expected_rec) >= 40
     assert psnr(fake, model.translate(photo, "A2B", precision="fp32")) < 30  # the direction was B2A
-    assert browser.find_element(By.ID, "summary").text.startswith("zebra → horse with tiny")
-    assert "WASM" in browser.find_element(By.ID, "backend").text  # headless Chromium has no WebGPU adapter
+    assert summary.startswith("zebra → horse with tiny")
+    assert "WASM" in backend  # headless Chromium has no WebGPU adapter
 
     assert {"/index.html", "/page.js", "/models.json", "/models/tiny/B2A.onnx", "/models/tiny/A2B.onnx"} <= set(served)
-    assert any(u.endswith(".wasm") for u in urls)
-    outside = [u for u in urls if not u.startswith((url, "data:", "blob:"))]
-    assert urls and not outside, f"requests outside the folder: {outside}"
+    urls = page_requests(net_log, url.rstrip("/"))
+    assert any(u.endswith(".wasm") for u in urls)  # requested by the runtime's worker: the log sees workers
+    outside = [u for u in urls if not u.startswith(url)]
+    assert not outside, f"requests outside the folder: {outside}"
 
 
 def test_large_images_are_scaled_down_and_unreadable_files_reported(site, browser, tmp_path):

@@ -77,6 +77,7 @@ async function loadRuntime() {
   const cores = navigator.hardwareConcurrency || 1;
   threads = crossOriginIsolated ? Math.max(1, Number(params.get('threads')) || Math.min(4, cores)) : 1;
   ort.env.wasm.numThreads = threads;
+  ort.env.wasm.proxy = !gpu;  // WASM in a worker: the page stays responsive during a translation of seconds
   const where = gpu ? 'WebGPU' : `WASM on the CPU, ${threads} thread${threads > 1 ? 's' : ''}`;
   $('backend').textContent = `Runs on ${where} (${manifest.runtime}).` + (crossOriginIsolated || gpu ? '' :
     ' More threads need a cross-origin isolated page: serve it with the COOP/COEP headers the README shows.');
