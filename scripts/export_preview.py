@@ -1,8 +1,8 @@
 """Turn a training run into a bundled preview model: evaluate it on the test split, record how it
 was trained, and write a float16 model folder (config.json with the metrics, model card).
 
-    python scripts/export_preview.py ~/runs/h2z-identity weights/horse2zebra-identity \
-        --dataroot ../shared/datasets/horse2zebra --command "python train.py ..." --command "python train.py --resume ..."
+    python scripts/export_preview.py runs/h2z-identity weights/horse2zebra-identity \
+        --dataroot datasets/horse2zebra --command "python train.py ..." --command "python train.py --resume ..."
 """
 from __future__ import annotations
 
