@@ -88,7 +88,9 @@ async function loadRuntime() {
 function session(model, direction) {
   const key = `${model.name}/${direction}`;
   if (!sessions.has(key)) {
-    const created = ort.InferenceSession.create(model.generators[direction], {executionProviders: [backend]});
+    // On WebGPU, any operator it lacks runs on the CPU (WASM) instead of failing the session.
+    const providers = backend === 'webgpu' ? ['webgpu', 'wasm'] : ['wasm'];
+    const created = ort.InferenceSession.create(model.generators[direction], {executionProviders: providers});
     created.catch(() => sessions.delete(key));  // a failed load is tried again next time
     sessions.set(key, created);
   }
