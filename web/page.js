@@ -207,7 +207,10 @@ const ready = (async () => {
   await loadRuntime();
 })();
 
-ready.then(() => { say('Choose an image to translate.'); setStatus('ready'); }, fail);
+ready.then(() => {
+  say(`Choose an image to translate: up to ${manifest.max_side} px on the longer side (larger ones are scaled down).`);
+  setStatus('ready');
+}, fail);
 $('file').addEventListener('change', (event) => choose(event.target.files[0]));
 $('directions').addEventListener('change', () => { labelDirections(); request(); });
 $('identity').addEventListener('change', () => { labelDirections(); request(); });
