@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no analytics calls
 # Before torch is imported: OpenMP threads that sleep between operations, instead of spinning, leave
@@ -33,6 +34,9 @@ ROOT = Path(__file__).resolve().parent
 BUNDLED_NAME = "horse2zebra preview (bundled)"
 BUNDLED = {True: str(ROOT / "weights" / "horse2zebra-identity"), False: str(ROOT / "weights" / "horse2zebra-no-identity")}
 EXAMPLES = ROOT / "examples"
+# The static page of `python -m cyclegan.export_web ... --out site` (README: "Translate in the visitor's browser").
+WEB_DIR = Path(os.environ.get("CYCLEGAN_WEB_DIR", ROOT / "site")).resolve()
+HAS_WEB = (WEB_DIR / "index.html").is_file()
 MAX_SIDE = int(os.environ.get("CYCLEGAN_MAX_SIDE", 1024))
 MAX_PIXELS = int(os.environ.get("CYCLEGAN_MAX_PIXELS", 40_000_000))
 MAX_VIDEO_PIXELS = int(os.environ.get("CYCLEGAN_MAX_VIDEO_PIXELS", 100_000_000))
@@ -232,6 +236,10 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="CycleGAN", analytics_enabled=False) as demo:
         gr.Markdown("# CycleGAN: horse ↔ zebra\nG translates x; F brings G(x) back.",
                     elem_classes="compact-header")
+        if HAS_WEB:
+            # Gradio's file route sends no COOP/COEP headers, so the page runs WASM on one thread here.
+            gr.Markdown(f"[Run it in your browser](/gradio_api/file={quote(str(WEB_DIR / 'index.html'))}): "
+                        "the same models on your own device; your image is not uploaded.")
         direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B", label="Direction")
         with gr.Row(equal_height=True):
             identity = gr.Checkbox(value=True, label="trained with identity loss", min_width=150)
@@ -305,5 +313,5 @@ if __name__ == "__main__":
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         max_file_size=os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"),
-        allowed_paths=[str(ROOT / "weights"), str(EXAMPLES)],
+        allowed_paths=[str(ROOT / "weights"), str(EXAMPLES), *([str(WEB_DIR)] if HAS_WEB else [])],
     )

@@ -1,5 +1,7 @@
 """The Gradio app: image handling and tiling in the package, then `python app.py` as a user runs it,
 called through gradio_client."""
+import re
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,16 @@ def test_translate_video_keeps_frames_and_size(client, tmp_path):
     long = write_video(tmp_path / "long.mp4", frames=16)
     with pytest.raises(Exception, match=f"long.mp4: 16 frames of 64×48 are over the limit of {TEST_VIDEO_PIXELS / 1e6:g}"):
         client.predict(handle_file(str(long)), "A2B", True, api_name="/translate_video")
+
+
+def test_an_exported_browser_page_is_linked_and_served(tmp_path):
+    from scripts.screenshot import serve_app
+    site = tmp_path / "site with space"
+    site.mkdir()
+    (site / "index.html").write_text("<!doctype html><title>CycleGAN in your browser</title>")
+    with serve_app(CYCLEGAN_WEB_DIR=str(site)) as url:
+        config = urllib.request.urlopen(f"{url}/config", timeout=60).read().decode()
+        link = re.search(r"\[Run it in your browser\]\((/gradio_api/file=[^)]+)\)", config)
+        assert link is not None, "no link to the page"
+        page = urllib.request.urlopen(url + link[1], timeout=60)
+        assert page.status == 200 and b"CycleGAN in your browser" in page.read()
