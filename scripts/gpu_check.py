@@ -1,0 +1,172 @@
+"""The Python half of scripts/gpu_check.sh: what the machine is (`info`), the trained runs as float16
+model folders (`export`), and everything measured in one results.json (`report`). It imports only
+what the GPU machine has (torch, safetensors, Pillow, numpy); `info` checks that nothing the check
+runs pulls in the app's or the Hub's packages."""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# What the GPU machine may lack: nothing gpu_check.sh runs may import these.
+NOT_ON_THE_GPU_MACHINE = ("gradio", "gradio_client", "selenium", "huggingface_hub", "onnx", "onnxruntime",
+                          "onnxscript")
+# The modules gpu_check.sh runs, directly or through train.py, bench.py and the tests.
+USED = ("cyclegan", "cyclegan.data", "cyclegan.model", "cyclegan.training", "cyclegan.losses", "train",
+        "benchmarks.bench", "scripts.make_grid", "scripts.pack_dataset", "tests.test_cuda")
+
+
+def versions() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    for name in ("numpy", "PIL", "safetensors", "scipy", "matplotlib", "tqdm", "pytest", "triton"):
+        try:
+            info[name] = importlib.import_module(name).__version__
+        except Exception:  # missing, or a version-less build: recorded as absent
+            info[name] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update({"gpu": p.name, "gpus": torch.cuda.device_count(), "capability": f"{p.major}.{p.minor}",
+                     "gpu_memory_gib": round(p.total_memory / 2**30, 1), "multiprocessors": p.multi_processor_count,
+                     "bf16": torch.cuda.is_bf16_supported(), "cudnn": torch.backends.cudnn.version()})
+    return info
+
+
+def info(args: argparse.Namespace) -> None:
+    data = versions()
+    for name in USED:
+        importlib.import_module(name)
+    data["imports_outside_the_machine"] = sorted({m.split(".")[0] for m in sys.modules} & set(NOT_ON_THE_GPU_MACHINE))
+    print(json.dumps(data, indent=2))
+    Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+    if data["imports_outside_the_machine"]:
+        sys.exit(f"error: importing {', '.join(USED)} pulls in {', '.join(data['imports_outside_the_machine'])}")
+
+
+def export(args: argparse.Namespace) -> None:
+    """Each run's model/ as a float16 folder `out/<run name>` (what comes back), with where it was
+    trained; then one grid of all of them on the dataset's test images."""
+    from cyclegan import CycleGAN
+    from scripts import make_grid
+
+    machine = versions()
+    folders = []
+    for run in args.runs:
+        run = Path(run)
+        model = CycleGAN.from_pretrained(run / "model")
+        model.info["gpu_check"] = {"machine": machine.get("gpu", f"{machine['cpus']}-core CPU"),
+                                   "torch": machine["torch"], "cuda": machine["cuda"],
+                                   "command": "scripts/gpu_check.sh" + (" --dry-run" if args.dry_run else "")}
+        folders.append(model.save_pretrained(Path(args.out) / run.name, dtype="float16"))
+        print(f"{run / 'model'} -> {folders[-1]} ({model.info.get('steps')} steps)")
+    make_grid.main([*map(str, folders), "--dataroot", args.dataroot, "-n", "4", "--size", str(args.size),
+                    "--out", args.grid])
+
+
+def training_summary(run: Path) -> dict:
+    """Steps, speed and last losses of a train.py run, from its model folder, losses.csv and log."""
+    summary: dict = {"run": run.name}
+    config = run / "model" / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        summary.update({k: c.get(k) for k in ("steps", "epochs", "train_seconds", "image_size", "lambda_identity",
+                                              "ngf", "ndf", "n_blocks")})
+        if c.get("steps") and c.get("train_seconds"):
+            summary["steps_per_s"] = round(c["steps"] / c["train_seconds"], 2)
+    losses = run / "losses.csv"
+    if losses.is_file():
+        with open(losses, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("G_AB")]
+        if rows:
+            summary["last_losses"] = {k: float(v) for k, v in rows[-1].items() if v and k not in ("epoch", "seconds")}
+            seconds = [(int(r["step"]), float(r["seconds"])) for r in rows]
+            if len(seconds) >= 3:  # the rate after the first window, which includes start-up (and compilation)
+                (s0, t0), (s1, t1) = seconds[1], seconds[-1]
+                summary["steps_per_s_after_start"] = round((s1 - s0) / max(t1 - t0, 1e-9), 2)
+    log = run.parent.parent / "logs" / f"train-{run.name}.log"
+    if log.is_file():
+        found = re.search(r"training on (\S+) in ([^;]+);", log.read_text(errors="replace"))
+        if found:
+            summary["device"], summary["precision"] = found.groups()
+    return summary
+
+
+def pytest_summary(log: Path) -> dict:
+    if not log.is_file():
+        return {}
+    text = log.read_text(errors="replace")
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|xfailed)\b", text)}
+    failed = re.findall(r"^FAILED (\S+)", text, re.M)
+    return {"counts": counts, "failed": failed}
+
+
+def report(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    steps = []
+    with open(work / "steps.tsv") as f:
+        for line in f:
+            name, rc, seconds, limit = line.rstrip("\n").split("\t")
+            steps.append({"step": name, "rc": int(rc), "seconds": int(seconds), "limit_s": int(limit),
+                          "status": {"0": "ok", "124": "stopped at its time limit", "-1": "skipped: no time left"}
+                          .get(rc, "failed")})
+
+    def load(path: Path):
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    results = {
+        "dry_run": args.dry_run,
+        "machine": load(work / "info.json"),
+        "steps": steps,
+        "tests": pytest_summary(work / "logs" / "tests.log"),
+        "bench": load(work / "bench.json"),
+        "dataset": load(Path(args.dataset, "packed.json")) if args.dataset else None,
+        "training": [training_summary(run) for run in sorted((work / "runs").glob("*")) if run.is_dir()],
+        "returned": sorted(p.name for p in Path(args.out).iterdir()) if Path(args.out).is_dir() else [],
+        "fid": "measured back on the CPU: see the README's training section (python -m cyclegan.evaluate)",
+    }
+    Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    for s in steps:
+        print(f"{s['step']:>17}: {s['status']} (rc {s['rc']}, {s['seconds']} s of {s['limit_s']})")
+    for t in results["training"]:
+        rate = t.get("steps_per_s_after_start", t.get("steps_per_s"))
+        print(f"{t['run']:>12}: {t.get('steps')} steps in {t.get('train_seconds')} s"
+              f"{f' ({rate} steps/s)' if rate else ''} on {t.get('device')} in {t.get('precision')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions and the GPU, as JSON")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=info)
+    p = sub.add_parser("export", help="runs' model/ folders as float16 folders")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--grid", required=True, help="image of every model on the test images")
+    p.add_argument("--dataroot", required=True, help="dataset with testA/ and testB/")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(run=export)
+    p = sub.add_parser("report", help="results.json from a gpu_check work folder")
+    p.add_argument("work")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", default="", help="the unpacked dataset (its packed.json goes into the results)")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(run=report)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Prove the GPU path in one command (issue 15), within 6 minutes on one H100-class GPU:
+#   1. the GPU and the versions                      (info.json; nvidia-smi)
+#   2. benchmarks/bench.py --device cuda --quick     (alone on the GPU, so that its timings are clean)
+#   3. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
+#      0.5 and 0 side by side for the minutes left, and meanwhile
+#   4. pytest tests/test_cuda.py                     (CUDA against the CPU: sharing the GPU is no matter)
+#   5. both runs exported as float16 model folders, and a grid of them on test images
+# and everything packed into at most 8 files directly in OUT_DIR (what the GPU machine returns):
+#   results.json  gpu_check.log  logs.tar.gz  runs.tar.gz  grid.jpg  model-identity.tar  model-no-identity.tar
+#
+#   scripts/gpu_check.sh OUT_DIR             # on the GPU machine
+#   scripts/gpu_check.sh --dry-run OUT_DIR   # the same pipeline on the CPU: tiny model, 2 steps (~1 min)
+#
+# Every step runs under `timeout` and records its exit status; a failing step does not stop the later
+# ones, and the training is stopped (SIGTERM: it saves) in time to export. GPU_CHECK_SECONDS (default
+# 320; dry run 300) bounds the whole; PYTHON picks the interpreter (default python3); GPU_CHECK_ARCHIVE
+# the dataset zip (default data/horse2zebra-256.zip; the dry run packs a tiny synthetic one where it is
+# absent).
+set -u -o pipefail
+shopt -s nullglob
+
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+if [ $# -ne 1 ]; then echo "usage: $0 [--dry-run] OUT_DIR" >&2; exit 2; fi
+START=$(date +%s)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$1" && OUT=$(cd "$1" && pwd) || exit 2
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_SECONDS:-$([ $DRY = 1 ] && echo 300 || echo 320)}
+ARCHIVE=${GPU_CHECK_ARCHIVE:-$ROOT/data/horse2zebra-256.zip}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+LOGS=$WORK/logs
+mkdir -p "$LOGS" "$WORK/runs" "$WORK/models"
+trap 'rm -rf "$WORK"' EXIT
+cd "$ROOT" || exit 2
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+TEE_PID=$!
+
+if [ $DRY = 1 ]; then
+    # The GPU machine has none of the app's or the Hub's packages: here they fail to import, so that a
+    # module that needs them breaks the dry run as it would break the real one.
+    mkdir -p "$WORK/absent"
+    for m in gradio gradio_client selenium huggingface_hub onnx onnxruntime onnxscript; do
+        mkdir -p "$WORK/absent/$m"
+        echo "raise ImportError('$m is not installed on the GPU machine (gpu_check.sh --dry-run)')" \
+            > "$WORK/absent/$m/__init__.py"
+    done
+    export PYTHONPATH=$WORK/absent${PYTHONPATH:+:$PYTHONPATH}
+    TRAIN=(--device cpu --amp none --ngf 8 --ndf 8 --n-blocks 2 --n-layers 2 --load-size 36 --crop-size 32
+           --workers 0 --max-steps 2 --log-every 1 --save-every 2 --sample-every 2 --n-samples 2)
+    export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1  # the tests only skip here: spare loading every installed plugin
+    BENCH=(--device cpu --quick --only training --tiny --threads 1)
+    GRID_SIZE=32
+else
+    # ngf 32 with the paper's 9 blocks at 256 px: two float16 folders of ~11 MB each come back (the
+    # paper's ngf 64 would be 44 MB each, more than the machine returns); bf16 autocast (--amp auto).
+    TRAIN=(--device cuda --ngf 32 --n-blocks 9 --load-size 286 --crop-size 256 --workers 4
+           --log-every 100 --save-every 1000 --sample-every 1000)
+    BENCH=(--device cuda --quick)
+    GRID_SIZE=256
+fi
+
+left() { echo $((START + BUDGET - $(date +%s))); }
+
+record() {  # NAME RC SECONDS LIMIT: one line of steps.tsv and of the log
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$WORK/steps.tsv"
+    echo "== $1: exit status $2 after $3 s (limit $4 s)"
+}
+
+RESERVE=50  # seconds that the steps before the export leave for it (export, grid, packing)
+
+step() {  # NAME CAP COMMAND...: run COMMAND for at most CAP seconds (less if the budget is nearly spent)
+    local name=$1 cap=$2 limit t0 rc
+    shift 2
+    limit=$(( $(left) - RESERVE < cap ? $(left) - RESERVE : cap ))
+    if [ "$limit" -lt 5 ]; then record "$name" -1 0 0; return; fi
+    echo "== $name (at most $limit s): $*"
+    t0=$(date +%s)
+    timeout -k 10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+    rc=$?
+    tail -n 25 "$LOGS/$name.log"
+    record "$name" "$rc" $(( $(date +%s) - t0 )) "$limit"
+}
+
+# 1. the machine
+nvidia-smi > "$LOGS/nvidia-smi.log" 2>&1 && head -n 15 "$LOGS/nvidia-smi.log"
+step info 60 "$PY" scripts/gpu_check.py info --out "$WORK/info.json"
+
+# 2. speed
+step bench 120 "$PY" benchmarks/bench.py "${BENCH[@]}" --out "$WORK/bench.json"
+
+# 3. training from the packed archive, both runs at once, until RESERVE seconds are left
+if [ ! -f "$ARCHIVE" ] && [ $DRY = 1 ]; then
+    ARCHIVE=$WORK/synthetic.zip
+    step pack 30 "$PY" scripts/pack_dataset.py --synthetic --out "$ARCHIVE"
+fi
+step unpack 60 "$PY" -m zipfile -e "$ARCHIVE" "$WORK/data"
+DATA=$(find "$WORK/data" -mindepth 2 -maxdepth 2 -name trainA -type d -print -quit)
+DATA=${DATA%/trainA}
+limit=$(( $(left) - RESERVE ))
+pids=()
+if [ -n "$DATA" ] && [ "$limit" -ge 10 ]; then
+    echo "== train (at most $limit s): $DATA, identity 0.5 and 0, ${TRAIN[*]}"
+    t0=$(date +%s)
+    for run in identity:0.5 no-identity:0; do
+        timeout -s TERM -k 30 "$limit" "$PY" train.py --dataroot "$DATA" --output "$WORK/runs/${run%%:*}" \
+            --lambda-identity "${run#*:}" "${TRAIN[@]}" > "$LOGS/train-${run%%:*}.log" 2>&1 &
+        pids+=($!)
+    done
+else
+    record train -1 0 0
+fi
+
+# 4. CUDA against the CPU (collected and skipped in the dry run: no CUDA there)
+step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"
+    rc=$?
+    name=$([ "$i" = 0 ] && echo identity || echo no-identity)
+    tr '\r' '\n' < "$LOGS/train-$name.log" | tail -n 4
+    record "train-$name" "$rc" $(( $(date +%s) - t0 )) "$limit"
+done
+
+# 5. the two model folders in float16, a grid of both on the test images, and what comes back
+RESERVE=10
+models=()
+for run in identity no-identity; do [ -f "$WORK/runs/$run/model/config.json" ] && models+=("$WORK/runs/$run"); done
+if [ ${#models[@]} -gt 0 ]; then
+    step export 60 "$PY" scripts/gpu_check.py export "${models[@]}" --out "$WORK/models" --grid "$OUT/grid.jpg" \
+        --dataroot "$DATA" --size "$GRID_SIZE" $([ $DRY = 1 ] && echo --dry-run)
+fi
+for folder in "$WORK"/models/*/; do
+    [ -d "$folder" ] && tar -cf "$OUT/model-$(basename "$folder").tar" -C "$WORK/models" "$(basename "$folder")"
+done
+(cd "$WORK/runs" && for run in */; do
+    run=${run%/}
+    echo "$run/losses.csv" "$run/losses.png" "$run/model/config.json"
+    ls -1 "$run"/samples/*.png 2>/dev/null | tail -n 1  # the last sample grid of each run
+done | xargs tar -czf "$OUT/runs.tar.gz" --ignore-failed-read 2>/dev/null)
+cp "$WORK/steps.tsv" "$LOGS/"
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs
+"$PY" scripts/gpu_check.py report "$WORK" --out "$OUT" --dataset "$DATA" $([ $DRY = 1 ] && echo --dry-run)
+ls -l "$OUT"
+echo "== gpu_check finished in $(( $(date +%s) - START )) s"
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null
+exit 0

@@ -1,0 +1,90 @@
+"""scripts/gpu_check.sh --dry-run: the GPU check's whole pipeline on the CPU with a tiny model, so that
+the one command a GPU machine gets cannot rot; and scripts/pack_dataset.py's archive."""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+from safetensors import safe_open
+
+from cyclegan import CycleGAN
+from cyclegan.data import split_validation
+from scripts import pack_dataset
+from tests.conftest import make_images
+
+ROOT = Path(__file__).resolve().parents[1]
+RETURNED = ["gpu_check.log", "grid.jpg", "logs.tar.gz", "model-identity.tar", "model-no-identity.tar",
+            "results.json", "runs.tar.gz"]
+
+
+def test_pack_dataset_leaves_out_the_validation_split(tmp_path):
+    source = tmp_path / "h2z"
+    make_images(source / "trainA", 9, size=(300, 280), seed=1)
+    make_images(source / "trainB", 7, seed=2)
+    make_images(source / "testA", 3, seed=3)
+    out = tmp_path / "packed.zip"
+    pack_dataset.main(["--source", str(source), "--out", str(out), "--val-count", "2", "--test-count", "2",
+                       "--size", "64"])
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        held = zf.read("h2z/validation.txt").decode().split()
+        meta = json.loads(zf.read("h2z/packed.json"))
+        first = Image.open(zf.open(next(n for n in names if n.startswith("h2z/trainA/"))))
+    for domain in "AB":  # exactly the images train.py --val-count 2 trains on
+        train, val = split_validation(sorted((source / f"train{domain}").iterdir()), 2)
+        assert sorted(n for n in names if n.startswith(f"h2z/train{domain}/")) == \
+            [f"h2z/train{domain}/{p.stem}.jpg" for p in train]
+        assert [h for h in held if h.startswith(f"train{domain}/")] == [f"train{domain}/{p.name}" for p in val]
+    assert len([n for n in names if n.startswith("h2z/testA/")]) == 2 and meta["counts"]["trainA"] == 7
+    assert first.format == "JPEG" and min(first.size) == 64  # scaled down to the shorter side
+    again = tmp_path / "again.zip"
+    pack_dataset.main(["--source", str(source), "--out", str(again), "--val-count", "2", "--test-count", "2",
+                       "--size", "64"])
+    assert again.read_bytes() == out.read_bytes()  # the same input packs to the same bytes
+
+
+def test_gpu_check_dry_run(tmp_path):
+    archive = tmp_path / "synthetic.zip"
+    pack_dataset.main(["--synthetic", "--out", str(archive)])
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "GPU_CHECK_ARCHIVE": str(archive),
+           "GPU_CHECK_SECONDS": "600", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # What the GPU machine returns: at most 8 files of at most 16 MiB, directly in OUT_DIR.
+    assert sorted(p.name for p in out.iterdir()) == RETURNED
+    assert all(p.is_file() and p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
+    results = json.loads((out / "results.json").read_text())
+    assert results["dry_run"] and {s["step"]: s["status"] for s in results["steps"]} == {
+        name: "ok" for name in ("info", "tests", "bench", "unpack", "train-identity", "train-no-identity", "export")}
+    assert results["machine"]["imports_outside_the_machine"] == []
+    assert results["tests"]["counts"]["skipped"] >= 10 and not results["tests"]["failed"]  # collected, skipped
+    assert results["bench"]["training"] and results["bench"]["training"][0]["config"] == "ngf 8, 2 blocks, 32 px"
+    runs = {t["run"]: t for t in results["training"]}
+    assert runs["identity"]["lambda_identity"] == 0.5 and runs["no-identity"]["lambda_identity"] == 0.0
+    assert all(t["steps"] == 2 and t["device"] == "cpu" and t["last_losses"]["cycle_A"] > 0 for t in runs.values())
+    assert "idt_A" in runs["identity"]["last_losses"] and "idt_A" not in runs["no-identity"]["last_losses"]
+
+    for name in ("identity", "no-identity"):  # loadable float16 model folders that say where they came from
+        with tarfile.open(out / f"model-{name}.tar") as tar:
+            tar.extractall(tmp_path / "returned", filter="data")
+        folder = tmp_path / "returned" / name
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            assert f.metadata()["dtype"] == "float16"
+        model = CycleGAN.from_pretrained(folder)
+        assert model.config.ngf == 8 and model.info["steps"] == 2 and "--dry-run" in model.info["gpu_check"]["command"]
+        assert model.translate(Image.new("RGB", (40, 32), "gray")).size == (40, 32)
+    grid = Image.open(out / "grid.jpg")  # both models: 2 blocks of x | G(x) | F(G(x)), 2 test images each way
+    assert grid.size == (2 * 3 * 32 + 8, 24 + 4 * 32)
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = tar.getnames()
+    for name in ("identity", "no-identity"):
+        assert {f"{name}/losses.csv", f"{name}/model/config.json", f"{name}/samples/step_0000002.png"} <= set(names)
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        assert {"logs/tests.log", "logs/bench.log", "logs/train-identity.log", "logs/steps.tsv"} <= set(tar.getnames())
