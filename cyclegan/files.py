@@ -13,13 +13,17 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
     over it. With `previous`, the old file is first renamed there instead of being replaced."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        if callable(data):
-            data(f)
-        else:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # the old file stays as it was, and no half-written temp file is left
+        tmp.unlink(missing_ok=True)
+        raise
     if previous is not None and path.exists():
         os.replace(path, previous)
     os.replace(tmp, path)

@@ -12,9 +12,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
-from .files import one_line
+from .files import one_line, write_atomic
 from .model import CONFIG_NAME, DIRECTIONS, PRECISIONS, WEIGHTS_NAME, CycleGAN
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -139,13 +140,12 @@ def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, 
     x = load_rgb(source)
     outputs = model.cycle(x, direction, precision=precision) if cycle else (model.translate(x, direction, precision=precision),)
     for image, path in zip(outputs, (target, target.with_name(f"{target.stem}.rec{target.suffix}"))):
-        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the extension tells PIL the format
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
         try:
-            image.save(tmp, quality=95) if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else image.save(tmp)
+            write_atomic(path, lambda f: image.save(f, format=fmt, **options))
         except (OSError, ValueError, KeyError) as e:  # e.g. an extension PIL cannot write
-            tmp.unlink(missing_ok=True)
             raise ImageError(f"{source}: cannot write {path.suffix} files ({one_line(e, 200)})") from None
-        os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
