@@ -30,14 +30,13 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.screenshot import CHROMEDRIVER, CHROMIUM  # noqa: E402
+from scripts.screenshot import chromium  # noqa: E402
 
 # Headers that make the page cross-origin isolated, which browsers require before WASM may use threads.
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
@@ -65,25 +64,6 @@ def serve_folder(folder: str | os.PathLike, isolated: bool = False) -> Iterator[
     finally:
         server.shutdown()
         server.server_close()
-
-
-@contextlib.contextmanager
-def chromium(net_log: Path | None = None) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium as scripts/screenshot.py starts it; with `net_log`, Chromium writes every request
-    it makes (the page's, its workers', its own) to that file, complete once the browser has quit."""
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
-                     *([f"--log-net-log={net_log}"] if net_log else [])):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 def page_requests(net_log: Path, origin: str) -> list[str]:

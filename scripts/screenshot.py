@@ -74,15 +74,18 @@ def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def chromium(width: int = 1400, height: int = 1100) -> Iterator[webdriver.Chrome]:
+def chromium(width: int = 1400, height: int = 1100, net_log: Path | None = None) -> Iterator[webdriver.Chrome]:
     """Headless Chromium with a throwaway profile and no background traffic. The driver's path is
-    given, so Selenium Manager never looks for (or downloads) a driver or browser."""
+    given, so Selenium Manager never looks for (or downloads) a driver or browser. With `net_log`,
+    Chromium writes every request it makes (the page's, its workers', its own) to that file, complete
+    once the browser has quit."""
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                      "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+                     "--disable-sync", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                *([f"--log-net-log={net_log}"] if net_log else [])):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         try:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 
-from benchmarks.bench_web import canvas_image, chromium, make_picture, open_page, page_requests, serve_folder, wait_for
+from benchmarks.bench_web import canvas_image, make_picture, open_page, page_requests, serve_folder, wait_for
 from cyclegan import CycleGAN
 from cyclegan.export_web import main as export_main
-from scripts.screenshot import CHROMEDRIVER, CHROMIUM
+from scripts.screenshot import CHROMEDRIVER, CHROMIUM, chromium
 from tests.conftest import TINY
 
 pytest.importorskip("onnxscript")  # torch's ONNX exporter needs it
@@ -51,7 +51,7 @@ def test_page_draws_what_python_translates_and_stays_in_its_folder(site, tmp_pat
     folder, model = site
     photo = make_picture(tmp_path / "horse.png", 90, 70)  # sides not multiples of 4: padded and cropped
     net_log = tmp_path / "net-log.json"
-    with serve_folder(folder) as (url, served), chromium(net_log) as browser:  # its own browser: the log is
+    with serve_folder(folder) as (url, served), chromium(net_log=net_log) as browser:  # its own browser: the log is
         open_page(browser, f"{url}index.html?direction=B2A", photo)              # complete when it quits
         fake, rec = canvas_image(browser, "gx"), canvas_image(browser, "fgx")
         summary, backend = (browser.find_element(By.ID, i).text for i in ("summary", "backend"))
