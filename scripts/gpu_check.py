@@ -118,7 +118,8 @@ def report(args: argparse.Namespace) -> None:
         for line in f:
             name, rc, seconds, limit = line.rstrip("\n").split("\t")
             steps.append({"step": name, "rc": int(rc), "seconds": int(seconds), "limit_s": int(limit),
-                          "status": {"0": "ok", "124": "stopped at its time limit", "-1": "skipped: no time left"}
+                          "status": {"0": "ok", "124": "stopped at its time limit", "-1": "skipped: no time left",
+                                     "-2": "skipped: GPU_CHECK_SKIP"}
                           .get(rc, "failed")})
 
     def load(path: Path):
@@ -130,6 +131,7 @@ def report(args: argparse.Namespace) -> None:
         "steps": steps,
         "tests": pytest_summary(work / "logs" / "tests.log"),
         "bench": load(work / "bench.json"),
+        "bench_cpu": load(work / "logs" / "bench-cpu.json"),
         "dataset": load(Path(args.dataset, "packed.json")) if args.dataset else None,
         "training": [training_summary(run) for run in sorted((work / "runs").glob("*")) if run.is_dir()],
         "returned": sorted(p.name for p in Path(args.out).iterdir()) if Path(args.out).is_dir() else [],

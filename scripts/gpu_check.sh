@@ -5,6 +5,8 @@
 #   3. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
 #      0.5 and 0 side by side for the minutes left, and meanwhile
 #   4. pytest tests/test_cuda.py                     (CUDA against the CPU: sharing the GPU is no matter)
+#      and bench.py on two of the machine's CPU cores  (generator fp32 vs bf16 where its CPU has AMX/AVX512-BF16:
+#                                                       issue 13's CPU target; pinned apart from the training)
 #   5. both runs exported as float16 model folders, and a grid of them on test images
 # and everything packed into at most 8 files directly in OUT_DIR (what the GPU machine returns):
 #   results.json  gpu_check.log  logs.tar.gz  runs.tar.gz  grid.jpg  model-identity.tar  model-no-identity.tar
@@ -16,7 +18,8 @@
 # ones, and the training is stopped (SIGTERM: it saves) in time to export. GPU_CHECK_SECONDS (default
 # 320; dry run 300) bounds the whole; PYTHON picks the interpreter (default python3); GPU_CHECK_ARCHIVE
 # the dataset zip (default data/horse2zebra-256.zip; the dry run packs a tiny synthetic one where it is
-# absent).
+# absent); GPU_CHECK_SKIP names steps to leave out (e.g. "bench cpu-bench", when they were measured before);
+# GPU_CHECK_TRAIN adds train.py flags (e.g. "--epochs 2 --decay-epochs 1": a schedule that ends in the minutes).
 set -u -o pipefail
 shopt -s nullglob
 
@@ -59,6 +62,8 @@ else
     TRAIN=(--device cuda --ngf 32 --n-blocks 9 --load-size 286 --crop-size 256 --workers 4
            --log-every 100 --save-every 1000 --sample-every 1000)
     BENCH=(--device cuda --quick)
+    read -r -a extra <<< "${GPU_CHECK_TRAIN:-}"
+    TRAIN+=("${extra[@]}")
     GRID_SIZE=256
 fi
 
@@ -69,11 +74,14 @@ record() {  # NAME RC SECONDS LIMIT: one line of steps.tsv and of the log
     echo "== $1: exit status $2 after $3 s (limit $4 s)"
 }
 
+skipped() { [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]]; }
+
 RESERVE=50  # seconds that the steps before the export leave for it (export, grid, packing)
 
 step() {  # NAME CAP COMMAND...: run COMMAND for at most CAP seconds (less if the budget is nearly spent)
     local name=$1 cap=$2 limit t0 rc
     shift 2
+    if skipped "$name"; then record "$name" -2 0 0; return; fi
     limit=$(( $(left) - RESERVE < cap ? $(left) - RESERVE : cap ))
     if [ "$limit" -lt 5 ]; then record "$name" -1 0 0; return; fi
     echo "== $name (at most $limit s): $*"
@@ -100,12 +108,24 @@ step unpack 60 "$PY" -m zipfile -e "$ARCHIVE" "$WORK/data"
 DATA=$(find "$WORK/data" -mindepth 2 -maxdepth 2 -name trainA -type d -print -quit)
 DATA=${DATA%/trainA}
 limit=$(( $(left) - RESERVE ))
+# the CPU benchmark gets the last two cores to itself; the training and the tests the others
+PIN=()
+CPU_BENCH=(--device cpu --threads 2 --quick --only generator,accuracy --data "$DATA" --out "$LOGS/bench-cpu.json")
+last=$(( $(nproc) - 1 ))
+if [ $DRY = 0 ] && [ "$last" -ge 5 ] && [ -n "$DATA" ] && ! skipped cpu-bench && command -v taskset > /dev/null; then
+    PIN=(taskset -c "0-$((last - 2))")
+    echo "== cpu-bench (at most $limit s, cores $((last - 1)),$last): bench.py ${CPU_BENCH[*]}"
+    timeout -k 10 "$limit" taskset -c "$((last - 1)),$last" "$PY" benchmarks/bench.py "${CPU_BENCH[@]}" \
+        > "$LOGS/cpu-bench.log" 2>&1 &
+    cpu_bench=$!
+    t_bench=$(date +%s)
+fi
 pids=()
 if [ -n "$DATA" ] && [ "$limit" -ge 10 ]; then
     echo "== train (at most $limit s): $DATA, identity 0.5 and 0, ${TRAIN[*]}"
     t0=$(date +%s)
     for run in identity:0.5 no-identity:0; do
-        timeout -s TERM -k 30 "$limit" "$PY" train.py --dataroot "$DATA" --output "$WORK/runs/${run%%:*}" \
+        timeout -s TERM -k 30 "$limit" "${PIN[@]}" "$PY" train.py --dataroot "$DATA" --output "$WORK/runs/${run%%:*}" \
             --lambda-identity "${run#*:}" "${TRAIN[@]}" > "$LOGS/train-${run%%:*}.log" 2>&1 &
         pids+=($!)
     done
@@ -114,8 +134,14 @@ else
 fi
 
 # 4. CUDA against the CPU (collected and skipped in the dry run: no CUDA there)
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+step tests 150 "${PIN[@]}" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
 
+if [ -n "${cpu_bench:-}" ]; then
+    wait "$cpu_bench"
+    rc=$?
+    grep -v '^DEBUG' "$LOGS/cpu-bench.log" | tail -n 25
+    record cpu-bench "$rc" $(( $(date +%s) - t_bench )) "$limit"
+fi
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}"
     rc=$?
