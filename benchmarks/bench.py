@@ -40,7 +40,7 @@ from benchmarks.reference import Bf16Rounding, bf16_output, naive_train_step, si
 from cyclegan import CycleGAN, ModelConfig  # noqa: E402
 from cyclegan.data import UnpairedDataset, load_rgb, to_tensor  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
-from cyclegan.model import autocast_dtype, cpu_has_native_bf16, run_any_size  # noqa: E402
+from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, run_any_size  # noqa: E402
 from cyclegan.training import Trainer, TrainConfig  # noqa: E402
 
 PREVIEW = ROOT / "weights" / "horse2zebra-identity"

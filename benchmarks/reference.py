@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from cyclegan.losses import adversarial_loss, cycle_loss, discriminator_loss, identity_loss
-from cyclegan.model import cpu_has_native_bf16, run_any_size
+from cyclegan.inference import cpu_has_native_bf16, run_any_size
 from cyclegan.training import Trainer
 
 

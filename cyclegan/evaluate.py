@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from .data import list_images, load_rgb, to_tensor
-from .model import DIRECTIONS, CycleGAN, run_padded
+from .inference import run_padded
+from .model import DIRECTIONS, CycleGAN
 
 INSTALL_HINT = "pip install -r requirements-eval.txt"
 FEATURES = "TF-Inception-v3 pool3 (2015-12-05 graph), 2048-d, 299x299 TF1-bilinear input"

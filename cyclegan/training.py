@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from .data import DATASETS_URL, PREPROCESS, EpochSampler, UnpairedDataset, download_dataset, list_images, load_rgb, to_image, to_tensor
 from .files import write_atomic
 from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
-from .model import DIRECTIONS, CycleGAN, ModelConfig, cpu_has_native_bf16
+from .inference import cpu_has_native_bf16
+from .model import DIRECTIONS, CycleGAN, ModelConfig
 
 LOSS_NAMES = ("G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
 SCORE_NAMES = tuple(f"{w}val_{m}_{d}" for w in ("", "ema_") for m in ("fid", "kid") for d in DIRECTIONS)

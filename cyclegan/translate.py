@@ -16,7 +16,8 @@ from PIL import Image
 
 from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .files import one_line, write_atomic
-from .model import CONFIG_NAME, DIRECTIONS, PRECISIONS, WEIGHTS_NAME, CycleGAN
+from .inference import PRECISIONS
+from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 AUTHORS = "authors:"  # authors:horse2zebra = the generators the CycleGAN authors published, converted

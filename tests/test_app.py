@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.model import run_padded, run_tiled
+from cyclegan.inference import run_padded, run_tiled
 
 
 def test_tiled_translation_matches_untiled(tiny_model):

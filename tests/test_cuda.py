@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cyclegan import CycleGAN, ModelConfig
-from cyclegan.model import autocast_dtype
+from cyclegan.inference import autocast_dtype
 from cyclegan.training import Trainer, TrainConfig, load_checkpoint, save_checkpoint, train
 from tests.conftest import TINY, TINY_FLAGS, free_port
 

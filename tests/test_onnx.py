@@ -6,7 +6,7 @@ import torch
 
 from cyclegan import CycleGAN
 from cyclegan.export_onnx import main as export_main
-from cyclegan.model import run_padded
+from cyclegan.inference import run_padded
 from tests.conftest import TINY
 
 onnx = pytest.importorskip("onnx")

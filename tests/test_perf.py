@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-import cyclegan.model
+import cyclegan.inference
 from cyclegan import CycleGAN, ModelConfig
-from cyclegan.model import autocast_dtype, cpu_has_native_bf16, run_any_size, run_padded
+from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, run_any_size, run_padded
 from cyclegan.networks import Generator
 from cyclegan.training import Trainer, TrainConfig
 
@@ -67,7 +67,7 @@ def conv_dtypes(net: torch.nn.Module) -> list:
 
 @pytest.mark.parametrize("precision,native", [("fp32", False), ("bf16", False), ("auto", False), ("auto", True)])
 def test_each_precision_against_fp32(trained, precision, native, monkeypatch):
-    monkeypatch.setattr(cyclegan.model, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: native)
     x = image(1, 40, 52, seed=99)
     reference = run_any_size(trained, x, precision="fp32")
     assert reference.dtype == torch.float32
@@ -85,10 +85,10 @@ def test_each_precision_against_fp32(trained, precision, native, monkeypatch):
 
 
 def test_auto_is_fp32_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(cyclegan.model, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: False)
     assert autocast_dtype("auto", "cpu") is None
     assert autocast_dtype("bf16", "cpu") == torch.bfloat16
-    monkeypatch.setattr(cyclegan.model, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: True)
     assert autocast_dtype("auto", "cpu") == torch.bfloat16
     assert autocast_dtype("fp32", "cpu") is None
     # CUDA keeps half precision in "auto"; "fp32" is float32 there too
@@ -100,7 +100,7 @@ def test_auto_is_fp32_without_native_bf16(monkeypatch):
 
 
 def test_translate_in_auto_on_a_cpu_without_bf16_is_fp32(monkeypatch):
-    monkeypatch.setattr(cyclegan.model, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: False)
     model = CycleGAN(TINY).init_weights(seed=2).eval()
     picture = Image.new("RGB", (30, 20), (90, 140, 60))
     seen = conv_dtypes(model.G_AB)
@@ -118,7 +118,7 @@ def test_native_bf16_is_what_torch_reports(monkeypatch):
 
 def test_run_padded_stays_fp32(monkeypatch):
     """cyclegan.evaluate calls run_padded directly: its FID numbers must not move with the CPU."""
-    monkeypatch.setattr(cyclegan.model, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: True)
     G = Generator(ngf=4, n_blocks=1).eval()
     seen = conv_dtypes(G)
     with torch.no_grad():
@@ -128,12 +128,12 @@ def test_run_padded_stays_fp32(monkeypatch):
 
 def test_large_inputs_are_tiled_by_default(monkeypatch):
     calls = []
-    original = cyclegan.model.run_tiled
+    original = cyclegan.inference.run_tiled
 
     def spy(net, x, *args, **kwargs):
         calls.append(tuple(x.shape))
         return original(net, x, *args, **kwargs)
-    monkeypatch.setattr(cyclegan.model, "run_tiled", spy)
+    monkeypatch.setattr(cyclegan.inference, "run_tiled", spy)
     model = CycleGAN(ModelConfig(ngf=2, n_blocks=0)).init_weights(seed=0).eval()
     wide = Image.new("RGB", (1100, 24), (200, 100, 50))
     assert model.translate(wide).size == (1100, 24) and calls == [(1, 3, 24, 1100)]
