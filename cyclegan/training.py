@@ -2,7 +2,6 @@
 that handles data, the schedule, checkpoints, samples and logs."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -15,17 +14,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import DATASETS_URL, PREPROCESS, EpochSampler, UnpairedDataset, download_dataset, list_images, load_rgb, to_image, to_tensor
-from .files import write_atomic
-from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
+from .data import DATASETS_URL, PREPROCESS, EpochSampler, UnpairedDataset, download_dataset
+from .files import one_line, write_atomic
 from .inference import cpu_has_native_bf16
+from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
 from .model import DIRECTIONS, CycleGAN, ModelConfig
-
-LOSS_NAMES = ("G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
-SCORE_NAMES = tuple(f"{w}val_{m}_{d}" for w in ("", "ema_") for m in ("fid", "kid") for d in DIRECTIONS)
+from .runlog import LossLog, sample_images, save_samples, write_validation_list
 
 
 def _opt(help: str, **kw):
@@ -95,17 +91,15 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, decay_epochs: int) -
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device NAME: "auto" is CUDA, else MPS, else the CPU; CUDA is this process's GPU (LOCAL_RANK under torchrun)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name != "cuda":
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -113,12 +107,6 @@ def _ignore_stop_signals(worker_id: int) -> None:
     # shuts its data workers down itself, so a worker dying first must not abort the final save.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
 
 
 class Trainer:
@@ -209,7 +197,8 @@ class Trainer:
 
         # Generators. The discriminators are frozen and called unwrapped (no DDP sync): only
         # the generators' parameters get gradients from this loss.
-        _set_requires_grad([m.D_A, m.D_B], False)
+        for D in (m.D_A, m.D_B):
+            D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         with self._autocast():
             if use_identity:
@@ -235,7 +224,8 @@ class Trainer:
             self._backward_step(loss_G, self.opt_G)
 
         # Discriminators, on real images and on fakes drawn from the pools.
-        _set_requires_grad([m.D_A, m.D_B], True)
+        for D in (m.D_A, m.D_B):
+            D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         fake_A = self.pool_A.query(fake_A.detach().float()).to(memory_format=self.memory_format)
         fake_B = self.pool_B.query(fake_B.detach().float()).to(memory_format=self.memory_format)
@@ -334,113 +324,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncation, refused globals: all mean "not our checkpoint"
-        raise ValueError(f"{path}: not a readable training checkpoint ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:300]})") from None
+        raise ValueError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {one_line(e, 300)})") from None
     if not isinstance(state, dict) or "step" not in state or "model_config" not in state:
         raise ValueError(f"{path}: not a cyclegan-kit training checkpoint")
     return state
-
-
-# ---- logging ---------------------------------------------------------------------------
-
-class LossLog:
-    """losses.csv (a row per logging window, and one per validation), losses.png, and TensorBoard
-    when installed."""
-
-    def __init__(self, directory: Path, resume_step: int) -> None:
-        self.path = directory / "losses.csv"
-        self.columns = ["step", "epoch", *LOSS_NAMES, "lr", "seconds", *SCORE_NAMES]
-        rows = []
-        if self.path.exists() and resume_step > 0:  # drop rows written after the checkpoint we resume
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step or None)
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, step: int, epoch: float, values: dict[str, float], lr: float, seconds: float) -> None:
-        """A row of loss terms or of validation scores (names from LOSS_NAMES or SCORE_NAMES)."""
-        row = {"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.6g}", "seconds": f"{seconds:.1f}"}
-        row.update({k: f"{v:.5f}" for k, v in values.items()})
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns, restval="").writerow(row)
-        if self.tensorboard is not None:
-            for k, v in values.items():
-                self.tensorboard.add_scalar(f"{'val' if k in SCORE_NAMES else 'loss'}/{k}", v, step)
-            self.tensorboard.add_scalar("lr", lr, step)
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-    def plot(self) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            return
-        fids = [n for n in SCORE_NAMES if "fid" in n and any(r.get(n) for r in rows)]
-        fig, axes = plt.subplots(1, 3 if fids else 2, figsize=(18 if fids else 12, 4))
-        panels = {"generators": [n for n in LOSS_NAMES if not n.startswith("D_")],
-                  "discriminators": [n for n in LOSS_NAMES if n.startswith("D_")], "validation FID": fids}
-        for ax, (title, names) in zip(axes, panels.items()):
-            for name in names:  # each series has its own rows: losses and scores are logged apart
-                points = [(int(r["step"]), float(r[name])) for r in rows if r.get(name)]
-                if points:
-                    ax.plot(*zip(*points), label=name, marker="o" if title == "validation FID" else None)
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.legend()
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        write_atomic(self.path.with_name("losses.png"), lambda f: fig.savefig(f, format="png", dpi=80))
-        plt.close(fig)
-
-
-def sample_images(dataroot: Path, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` fixed images per domain from testA/testB (trainA/trainB when there is no test split),
-    resized to size x size."""
-    def pick(domain: str) -> torch.Tensor:
-        folder = dataroot / f"test{domain}"
-        files = list_images(folder if folder.is_dir() else dataroot / f"train{domain}")
-        step = max(1, len(files) // n)
-        images = []
-        for path in files[::step]:
-            try:
-                images.append(to_tensor(load_rgb(path).resize((size, size))))
-            except ValueError:
-                continue
-            if len(images) == n:
-                break
-        return torch.stack(images)
-    return pick("A"), pick("B")
-
-
-@torch.no_grad()
-def save_samples(model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor, path: Path) -> None:
-    """A grid: each row is real_A | fake_B | rec_A || real_B | fake_A | rec_B."""
-    device = next(model.parameters()).device
-    real_A, real_B = real_A.to(device), real_B.to(device)
-    was_training = model.training
-    model.eval()
-    fake_B, fake_A = model.G_AB(real_A), model.G_BA(real_B)
-    rec_A, rec_B = model.G_BA(fake_B), model.G_AB(fake_A)
-    model.train(was_training)
-    n = min(len(real_A), len(real_B))
-    gap = torch.ones(n, 3, real_A.shape[2], 8, device=device)
-    rows = torch.cat([real_A[:n], fake_B[:n], rec_A[:n], gap, real_B[:n], fake_A[:n], rec_B[:n]], dim=3)
-    grid = torch.cat(list(rows), dim=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: to_image(grid).save(f, format="PNG"))
 
 
 # ---- the loop ---------------------------------------------------------------------------
@@ -569,13 +456,11 @@ class Training:
         scores = {}
         for kind, model in candidates.items():
             r = evaluate(model, files=self.validation, cache=self.val_cache, progress=False)
-            for d in DIRECTIONS:
-                scores[f"{'ema_' if kind == 'ema' else ''}val_fid_{d}"] = r[d]["fid"]
-                scores[f"{'ema_' if kind == 'ema' else ''}val_kid_{d}"] = r[d]["kid"]
+            measured = {f"val_{m}_{d}": r[d][m] for d in DIRECTIONS for m in ("fid", "kid")}
+            scores.update({("ema_" if kind == "ema" else "") + k: v for k, v in measured.items()})
             total = r["A2B"]["fid"] + r["B2A"]["fid"]
             if total < t.best.get("val_fid", math.inf):
-                t.best = {"val_fid": total, "step": t.step, "weights": kind,
-                          **{f"val_{m}_{d}": r[d][m] for d in DIRECTIONS for m in ("fid", "kid")}}
+                t.best = {"val_fid": total, "step": t.step, "weights": kind, **measured}
                 best = CycleGAN(t.model.config, info={**self.info(), "best": t.best})
                 best.load_state_dict(model.state_dict(), strict=False)
                 best.save_pretrained(self.output / "best")
@@ -647,12 +532,6 @@ class Training:
         if self.main:
             self.log.write(self.trainer.step, self.trainer.step / self.steps_per_epoch, means, lr, self.seconds())
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
-
-
-def write_validation_list(path: Path, dataroot: Path, files: dict[str, list[Path]]) -> None:
-    """The held-out images, one relative path a line, so that a run says what it never trained on."""
-    lines = [str(f.relative_to(dataroot)) for domain in "AB" for f in files[domain]]
-    write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> Path:
