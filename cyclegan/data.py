@@ -77,10 +77,7 @@ def load_rgb(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_PIXE
     Anything that cannot be read raises ImageError with a one-line message naming the file."""
     name = "image" if isinstance(source, Image.Image) else str(source)
     try:
-        if isinstance(source, Image.Image):
-            image = source
-        else:
-            image = Image.open(source)
+        image = source if isinstance(source, Image.Image) else Image.open(source)
         if image.width * image.height > max_pixels:
             raise ImageError(f"{name}: {image.width}x{image.height} is larger than the limit of {max_pixels:,} pixels")
         image.seek(0)

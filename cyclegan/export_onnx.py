@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import one_line, write_atomic
-from .model import CycleGAN
+from .model import DIRECTIONS, CycleGAN
 
 # Reflect padding needs opset >= 11, but torch's (dynamo) exporter writes opset 18 natively and, asked for
 # less, silently keeps 18; 18 runs on onnxruntime >= 1.14.
@@ -53,8 +53,7 @@ def export(source: str, out: str, direction: str = "A2B", opset: int = OPSET) ->
                                     dynamic_shapes={"x": dims}, verbose=False)
     if program.model.opset_imports.get("") != opset:
         raise RuntimeError(f"the exporter wrote opset {program.model.opset_imports.get('')}, not {opset}")
-    c = model.config
-    src, dst = (c.domain_A, c.domain_B) if direction == "A2B" else (c.domain_B, c.domain_A)
+    src, dst = model.domains(direction)
     program.model.metadata_props.update({"direction": direction, "from": src, "to": dst,
                                          "image": "float32 NCHW RGB in [-1, 1]"})
     program.save(out, external_data=False)
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cyclegan.export_onnx", description=__doc__)
     parser.add_argument("source", help="model folder or Hub repo id")
     parser.add_argument("--out", required=True, help="ONNX file to write, e.g. model_A2B.onnx")
-    parser.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
+    parser.add_argument("--direction", choices=DIRECTIONS, default="A2B")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
     parser.add_argument("--fp16-weights", action="store_true", help="store the weights as float16 (I/O stays float32)")
     args = parser.parse_args(argv)
