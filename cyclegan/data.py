@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from .files import download
+from .files import download, move_into_place
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DATASETS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
@@ -256,7 +256,8 @@ def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_u
 
     An extracted copy with trainA/ and trainB/ is reused. An interrupted download is resumed by the
     next call (files.download); the zip is checked (sha256 when given, CRC of every member)
-    before extraction, which happens in a temporary folder renamed into place at the end.
+    before extraction, which happens in a temporary folder moved into place at the end
+    (files.move_into_place: an incomplete earlier copy is replaced).
     """
     data_dir = Path(data_dir)
     target = data_dir / name
@@ -291,7 +292,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_u
     if not (inner / "trainA").is_dir() or not (inner / "trainB").is_dir():
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"{archive}: has no {name}/trainA and {name}/trainB folders")
-    os.replace(inner, target)
+    move_into_place(inner, target)
     shutil.rmtree(tmp, ignore_errors=True)
     archive.unlink()
     return target

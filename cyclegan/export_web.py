@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .export_onnx import export, half_weights
-from .files import one_line, write_atomic
+from .files import move_into_place, one_line, write_atomic
 from .model import CycleGAN
 
 WEB = Path(__file__).resolve().parents[1] / "web"  # index.html, page.js, package.json, package-lock.json
@@ -91,7 +91,7 @@ def export_generators(source: str, folder: Path, fp16: bool) -> tuple[dict, list
                 notes.append(f"{path}: float16 weights give {psnr:.1f} dB (< {MIN_FP16_PSNR:.0f}); kept float32")
                 half.unlink()
             else:
-                os.replace(half, path)
+                move_into_place(half, path)
                 weights = "fp16"
                 check = ("not checked (no onnxruntime)" if psnr is None else "the same output as float32"
                          if psnr == float("inf") else f"{psnr:.1f} dB against float32")
@@ -134,14 +134,7 @@ def export_web(sources: list[str], out: str | os.PathLike, fp16: bool = True, we
                     "runtime": f"onnxruntime-web {json.loads((dist.parent / 'package.json').read_text())['version']}"}
         write_atomic(build / "models.json", (json.dumps(manifest, indent=2) + "\n").encode())
         build.chmod(0o755)  # mkdtemp's 0700 would hide the page from a web server running as another user
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(build, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(build, out)
+        move_into_place(build, out)  # an earlier export is kept until the new one is in
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return out

@@ -1,7 +1,8 @@
-"""Small file mechanisms every module shares: atomic writes."""
+"""Small file mechanisms every module shares: atomic writes and renames, downloads, one-line errors."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -28,6 +29,27 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
         os.replace(path, previous)
     os.replace(tmp, path)
     return path
+
+
+def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Rename the finished temp file or folder `tmp` to `target`, replacing what is there, so that a reader
+    never sees a half-made one. A file goes in with one atomic rename. A folder cannot be renamed over a
+    folder, so the old one is first renamed aside to .NAME.old and deleted only once the new one is in; if
+    that rename fails, the old one is put back (a crash in between leaves it as .NAME.old)."""
+    tmp, target = Path(tmp), Path(target)
+    if not (tmp.is_dir() and target.exists()):
+        os.replace(tmp, target)
+        return target
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # left by an earlier crash
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
+    return target
 
 
 class DownloadError(ConnectionError, RuntimeError):

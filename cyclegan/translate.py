@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
-from .files import one_line, write_atomic
+from .files import move_into_place, one_line, write_atomic
 from .inference import PRECISIONS
 from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
 
@@ -43,7 +43,7 @@ def load_model(name: str, device: str | torch.device = "cpu") -> CycleGAN:
         training = {"converted_from": convert.AUTHORS_REPO, "G_AB": a2b.name, "G_BA": b2a.name}
         tmp = folder.with_name(folder.name + ".tmp")
         convert.convert(a2b, b2a, (a, b), info={"training": training}).save_pretrained(tmp, dtype="float16")
-        os.replace(tmp, folder)  # a complete folder or none: an interrupted conversion is redone
+        move_into_place(tmp, folder)  # a complete folder or none: an interrupted conversion is redone
     return CycleGAN.from_pretrained(folder, device=device)
 
 
@@ -106,8 +106,7 @@ def translate_video(model: CycleGAN, source: str | os.PathLike, target: str | os
     if done == 0:
         tmp.unlink(missing_ok=True)
         raise VideoError(f"{source}: has no frames")
-    os.replace(tmp, target)
-    return target
+    return move_into_place(tmp, target)
 
 
 def plan(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
