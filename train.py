@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from dataclasses import asdict
 
-from cyclegan.data import domains_from_name
+from cyclegan.datasets import domains_from_name
 from cyclegan.model import ModelConfig
 from cyclegan.training import TrainConfig, load_checkpoint, train
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DATASET_PAIR
+from .datasets import DATASET_PAIR
 from .files import download, one_line
 from .model import CycleGAN, ModelConfig
 from .networks import Generator

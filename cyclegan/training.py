@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .data import DATASETS_URL, PREPROCESS, EpochSampler, UnpairedDataset, download_dataset
+from .data import PREPROCESS, EpochSampler, UnpairedDataset
+from .datasets import DATASETS_URL, download_dataset
 from .files import one_line, write_atomic
 from .inference import cpu_has_native_bf16
 from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss

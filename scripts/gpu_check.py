@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))
 NOT_ON_THE_GPU_MACHINE = ("gradio", "gradio_client", "selenium", "huggingface_hub", "onnx", "onnxruntime",
                           "onnxscript")
 # The modules gpu_check.sh runs, directly or through train.py, bench.py and the tests.
-USED = ("cyclegan", "cyclegan.data", "cyclegan.inference", "cyclegan.model", "cyclegan.runlog", "cyclegan.training",
-        "cyclegan.losses", "train", "benchmarks.bench", "scripts.make_grid", "scripts.pack_dataset", "tests.test_cuda")
+USED = ("cyclegan", "cyclegan.data", "cyclegan.datasets", "cyclegan.inference", "cyclegan.model", "cyclegan.runlog",
+        "cyclegan.training", "cyclegan.losses", "train", "benchmarks.bench", "scripts.make_grid", "scripts.pack_dataset",
+        "tests.test_cuda")
 
 
 def versions() -> dict:

@@ -1,4 +1,5 @@
-"""Reading every kind of image as RGB, the unpaired dataset, and the dataset download."""
+"""Reading every kind of image as RGB, the unpaired dataset (cyclegan.data), and the dataset download and
+names (cyclegan.datasets)."""
 import hashlib
 import io
 import warnings
@@ -9,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import (EpochSampler, ImageError, UnpairedDataset, download_dataset, load_rgb, to_image,
-                           to_tensor, transform)
+from cyclegan.data import EpochSampler, ImageError, UnpairedDataset, load_rgb, to_image, to_tensor, transform
+from cyclegan.datasets import domains_from_name, download_dataset
 
 from tests.conftest import make_images
 
@@ -193,7 +194,6 @@ def test_download_errors(tmp_path, zip_server):
 
 
 def test_domain_names_come_from_the_dataset_name():
-    from cyclegan.data import domains_from_name
     assert domains_from_name("horse2zebra") == ("horse", "zebra")
     assert domains_from_name("summer2winter_yosemite") == ("summer", "winter")
     assert domains_from_name("cityscapes_photo2label") == ("photo", "label")
