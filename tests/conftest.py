@@ -129,3 +129,10 @@ def server(tmp_path_factory):
                    XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
                    CYCLEGAN_MAX_VIDEO_PIXELS=str(TEST_VIDEO_PIXELS)) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A gradio_client of the session's app server (test_app.py, test_reliability.py)."""
+    from gradio_client import Client
+    return Client(server, verbose=False)

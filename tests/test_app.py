@@ -1,5 +1,6 @@
 """The Gradio app: image handling and tiling in the package, then `python app.py` as a user runs it,
 called through gradio_client."""
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -9,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cyclegan import CycleGAN
 from cyclegan.inference import run_padded, run_tiled
+from tests.conftest import TINY, run_python
 
 
 def test_tiled_translation_matches_untiled(tiny_model):
@@ -40,12 +43,6 @@ def test_large_images_are_tiled_or_downscaled(tiny_model):
     assert not np.array_equal(np.asarray(tiled), np.asarray(small))
     with pytest.raises(ValueError, match="large="):
         tiny_model.translate(image, max_side=128, large="crop")
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    from gradio_client import Client
-    return Client(server, verbose=False)
 
 
 @pytest.fixture
@@ -144,3 +141,71 @@ def test_an_exported_browser_page_is_linked_and_served(tmp_path):
         assert link is not None, "no link to the page"
         page = urllib.request.urlopen(url + link[1], timeout=60)
         assert page.status == 200 and b"CycleGAN in your browser" in page.read()
+
+
+def test_heat_map_ramps_from_black_through_red_and_yellow_to_white():
+    from app import heat_map
+    # Per column, how far F(G(x)) is from x in each channel; the map shows the channels' mean, 4x, clipped.
+    differences = [(0, 0, 0), (21, 21, 21), (32, 32, 32), (43, 43, 43), (64, 64, 64), (150, 150, 150), (96, 0, 0)]
+    x = np.full((3, len(differences), 3), 100, np.int16)
+    sign = np.array([-1, 1] * 4)[:len(differences), None]  # darker or brighter: the same error
+    rec = x + sign * np.array(differences)
+    assert rec.min() >= 0 and rec.max() <= 255
+    heat = heat_map(Image.fromarray(x.astype(np.uint8)), Image.fromarray(rec.astype(np.uint8)))
+    assert heat.mode == "RGB" and heat.size == (len(differences), 3)
+    colours = np.asarray(heat, np.int16)[1]
+    expected = [(0, 0, 0), (252, 0, 0), (255, 129, 0), (255, 255, 6), (255, 255, 255), (255, 255, 255),
+                (255, 129, 0)]  # black, red, orange, yellow, white, saturated; one channel off by 96 = all by 32
+    assert np.abs(colours - np.array(expected)).max() <= 1, colours.tolist()
+    assert (np.asarray(heat)[0] == np.asarray(heat)[2]).all()
+
+
+APP_CHOICES = """
+import json, sys
+import app
+answers = {}
+for choice in app.MODELS:
+    for identity in (True, False):
+        try:
+            answers[f"{choice} {identity}"] = app.get_model(choice, identity)[1]
+        except app.gr.Error as e:
+            answers[f"{choice} {identity}"] = e.message
+summary = app.translate(sys.argv[1])[-1]  # the default model
+print(json.dumps({"default": app.DEFAULT, "answers": answers, "about": app.about(app.MODELS), "summary": summary}))
+"""
+
+
+def test_models_that_cannot_be_loaded_are_reported_and_the_default_falls_back(tmp_path, monkeypatch):
+    """A configured folder that is missing or broken is named on stderr, marked in the About table and
+    refused with a message that says nothing of the server's files; the default is the first model that
+    loads whole (a pair with a broken half is not), else the bundled pair."""
+    good = CycleGAN(TINY).init_weights(0).save_pretrained(tmp_path / "tiny-good")
+    broken = CycleGAN(TINY).init_weights(0).save_pretrained(tmp_path / "tiny-broken")
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    missing = tmp_path / "gone"
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (120, 90, 60)).save(photo)
+    refused = "cannot be loaded; the other models still work"
+
+    monkeypatch.setenv("CYCLEGAN_MODELS", f"{missing},{good}|{broken}")
+    done = run_python(["-c", APP_CHOICES, str(photo)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.splitlines()[-1])
+    assert r["default"] == "horse2zebra preview (bundled)"
+    assert "with `horse2zebra-identity`" in r["summary"] and "40×30 px" in r["summary"]
+    assert r["answers"][f"{missing} True"] == f"Model {str(missing)!r} {refused}"
+    assert r["answers"]["tiny-good / tiny-broken True"] == "tiny-good"  # the half that loads still serves
+    assert r["answers"]["tiny-good / tiny-broken False"] == f"Model 'tiny-good / tiny-broken' {refused}"
+    assert f"cannot load {missing}: " in done.stderr
+    assert f"cannot load {broken}: {broken / 'model.safetensors'}: cannot be read as safetensors" in done.stderr
+    assert "| tiny-good / tiny-broken | without | could not be loaded |" in r["about"]
+    assert "| tiny-good / tiny-broken | with identity loss | ngf 8, 2 blocks |" in r["about"]
+
+    monkeypatch.setenv("CYCLEGAN_MODELS", f"{broken},{good}")
+    done = run_python(["-c", APP_CHOICES, str(photo)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.splitlines()[-1])
+    assert r["default"] == "tiny-good"
+    assert r["summary"].startswith("**horse → zebra** with `tiny-good` · 40×30 px")
+    assert r["answers"]["tiny-broken True"] == f"Model 'tiny-broken' {refused}"
+    assert "| tiny-broken |  | could not be loaded |" in r["about"]

@@ -115,7 +115,8 @@ BAD_INPUTS = [
     ("mystery.xyz", lambda: bytes(range(256)) * 4, "not an image file"),
     ("dot.png", lambda: encode(Image.new("RGB", (1, 1), RED), "PNG"), ((1, 1), lambda im: near(im.getpixel((0, 0)), RED))),
     ("strip.png", lambda: encode(two_tone(10000, 8), "PNG"), ((10000, 8), None)),
-    ("gray16.png", sixteen_bit, ((32, 24), lambda im: im.getpixel((0, 0)) == (0, 0, 0) and im.getpixel((31, 0)) == WHITE)),
+    ("gray16.png", sixteen_bit, ((32, 24), lambda im: im.getpixel((0, 0)) == (0, 0, 0) and im.getpixel((31, 0)) == WHITE
+                                 and im.getpixel((16, 0)) == (132, 132, 132))),  # 33824 / 257: scaled, not clipped
     ("cmyk.jpg", lambda: encode(two_tone(mode="CMYK"), "JPEG", quality=95),
      ((32, 24), lambda im: near(im.getpixel((4, 12)), RED) and near(im.getpixel((28, 12)), BLUE))),
     ("palette.png", palette_with_transparency,
@@ -178,12 +179,6 @@ def test_bad_inputs_in_the_app_function(tmp_path, app_module, tiny_folder, name,
     x, fake, rec, *_, summary = app_module.translate(str(path), "B2A", False, str(tiny_folder))
     assert x.size == fake.size == rec.size == expected[0]
     assert f"{x.width}×{x.height} px" in summary
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    from gradio_client import Client
-    return Client(server, verbose=False)
 
 
 def test_bad_uploads_to_the_running_app(client, tmp_path):
