@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cyclegan import CycleGAN  # noqa: E402
-from cyclegan.evaluate import evaluate  # noqa: E402
+from cyclegan.data import list_images, split_validation  # noqa: E402
+from cyclegan.evaluate import FEATURES, evaluate  # noqa: E402
 
 
 def training_seconds(run: Path) -> float:
@@ -34,6 +35,17 @@ def training_seconds(run: Path) -> float:
     return total + last
 
 
+def scores(results: dict) -> dict:
+    """FID, KID and cycle L1 of both directions of an evaluate() result, rounded, keyed by domain names."""
+    metrics = {}
+    for d in ("A2B", "B2A"):
+        r = results[d]
+        metrics.update({f"FID {r['domains']}": round(r["fid"], 2), f"KID {r['domains']}": round(r["kid"], 4),
+                        f"cycle L1 {r['domains']}": round(r["cycle_l1"], 4),
+                        f"reference FID {r['domains']} (untranslated)": round(r["reference_fid"], 2)})
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="run directory of train.py (with model/ and checkpoint.pt)")
@@ -43,22 +55,25 @@ def main() -> None:
     parser.add_argument("--machine", default=f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, "
                                              f"torch {torch.__version__}")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--val-count", type=int, default=0,
+                        help="also score the N images per domain that `train.py --val-count N` holds out of trainA/B")
+    parser.add_argument("--model", default="model", help="the run's model folder to export: model or best")
     args = parser.parse_args()
 
-    model = CycleGAN.from_pretrained(args.run / "model")
-    results = evaluate(model, args.dataroot, "both", args.size)
-    metrics = {}
-    for d in ("A2B", "B2A"):
-        r = results[d]
-        metrics.update({f"FID {r['domains']}": round(r["fid"], 2), f"KID {r['domains']}": round(r["kid"], 4),
-                        f"cycle L1 {r['domains']}": round(r["cycle_l1"], 4),
-                        f"reference FID {r['domains']} (untranslated)": round(r["reference_fid"], 2)})
+    model = CycleGAN.from_pretrained(args.run / args.model)
+    metrics = scores(evaluate(model, args.dataroot, "both", args.size))
+    if args.val_count:
+        held = {s: split_validation(list_images(Path(args.dataroot) / f"train{s}"), args.val_count)[1] for s in "AB"}
+        val = scores(evaluate(model, size=args.size, files=held))
+        metrics.update({f"validation {k}": v for k, v in val.items() if not k.startswith("reference")})
     seconds = training_seconds(args.run)
     model.info["training"] = {**model.info.get("training", {}), "commands": args.command,
                               "machine": args.machine, "wall_time_hours": round(seconds / 3600, 2)}
     model.info["metrics"] = metrics
     model.info["evaluation"] = (f"python -m cyclegan.evaluate --model {args.out} --dataroot <horse2zebra> "
-                                f"--size {args.size}: test split, {results['features']}")
+                                f"--size {args.size}: test split, {FEATURES}"
+                                + (f"; 'validation' rows: the {args.val_count} images per domain that train.py "
+                                   f"--val-count {args.val_count} holds out of trainA/trainB" if args.val_count else ""))
     model.save_pretrained(args.out, dtype="float16")
     print(json.dumps({"out": str(args.out), "metrics": metrics, "wall_time_hours": round(seconds / 3600, 2)}, indent=2))
 

@@ -206,3 +206,34 @@ def test_make_grid(tmp_path: Path, tiny_model: CycleGAN, dataroot: Path):
         assert grid.format == "JPEG"
         # Two blocks of 3 columns; rows: 2 testA + 2 testB images (fewer than the default 4 exist).
         assert grid.size == (2 * 3 * 32 + make_grid.GAP, make_grid.LABEL + 4 * 32)
+
+
+@needs_inception
+def test_export_preview_writes_test_and_validation_scores(tmp_path: Path, tiny_folder: Path, dataroot: Path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for f in tiny_folder.iterdir():
+        (run / "model" / f.name).write_bytes(f.read_bytes())
+    # Two clock segments (a resume of an old run restarted the clock): 100 s + 50 s.
+    (run / "losses.csv").write_text("step,seconds\n10,60.0\n20,100.0\n30,20.0\n40,50.0\n")
+    out = tmp_path / "preview"
+    cmd = [sys.executable, "scripts/export_preview.py", str(run), str(out), "--dataroot", str(dataroot),
+           "--size", "32", "--val-count", "2", "--command", "python train.py --tiny"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "config.json").read_text())
+    metrics = config["metrics"]
+    for domains in ("horse→zebra", "zebra→horse"):
+        assert metrics[f"FID {domains}"] > 0 and metrics[f"validation FID {domains}"] > 0
+        assert 0 < metrics[f"validation cycle L1 {domains}"] <= 2
+        assert f"validation reference FID {domains} (untranslated)" not in metrics
+    # validation and test images differ, so do their scores
+    assert metrics["FID horse→zebra"] != metrics["validation FID horse→zebra"]
+    assert config["training"]["commands"] == ["python train.py --tiny"]
+    assert config["training"]["wall_time_hours"] == round(150 / 3600, 2)
+    assert "2 images per domain that train.py --val-count 2 holds out" in config["evaluation"]
+    card = (out / "README.md").read_text()
+    assert "| validation FID horse→zebra |" in card and "name: \"validation" not in card  # only test scores in model-index
+    from safetensors import safe_open
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
