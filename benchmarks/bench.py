@@ -35,8 +35,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.peak_memory import photo  # noqa: E402
-# Bf16Rounding and naive_train_step are also read from here by tests/test_perf.py.
-from benchmarks.reference import Bf16Rounding, bf16_output, naive_train_step, simulated_bf16  # noqa: E402,F401
+from benchmarks.reference import bf16_output, naive_train_step, simulated_bf16  # noqa: E402
 from cyclegan import CycleGAN, ModelConfig  # noqa: E402
 from cyclegan.data import UnpairedDataset, load_rgb, to_tensor  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402

@@ -1,7 +1,6 @@
 """Inference precision and size: each precision against float32 on a generator with trained
 statistics, the choice "auto" makes, tiling by default for large inputs, and Trainer.train_step's
 batched calls against benchmarks/bench.py's naive loop."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from PIL import Image
 
 import cyclegan.inference
+from benchmarks.reference import Bf16Rounding, naive_train_step
 from cyclegan import CycleGAN, ModelConfig
 from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, run_any_size, run_padded
 from cyclegan.networks import Generator
@@ -161,21 +161,13 @@ def test_weights_and_state_dict_keys_are_unchanged():
         assert CycleGAN.from_pretrained(PREVIEW).translate(Image.new("RGB", (20, 12))).size == (20, 12)
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_bf16_simulation_matches_real_bf16(trained):
     """bench.py measures bf16's error by simulation where the CPU emulates bf16 (100x slower): the
     simulation must land where the real path does."""
-    bench = load_bench()
     x = image(1, 32, 32, seed=7)
     reference = run_any_size(trained, x, precision="fp32")
     real = run_any_size(trained, x, precision="bf16")
-    with torch.inference_mode(), bench.Bf16Rounding():
+    with torch.inference_mode(), Bf16Rounding():
         simulated = run_any_size(trained, x, precision="fp32")
     assert abs(psnr_8bit(simulated, reference) - psnr_8bit(real, reference)) < 3
     assert psnr_8bit(simulated, real) > psnr_8bit(real, reference) - 3  # as far from real as real is from fp32
@@ -184,7 +176,6 @@ def test_bench_bf16_simulation_matches_real_bf16(trained):
 def test_train_step_matches_the_naive_loop():
     """Trainer.train_step (G(x) batched with the identity G(y), D frozen, real and fake through D in
     one call) against benchmarks/bench.py's naive loop: the same losses and gradients."""
-    naive_train_step = load_bench().naive_train_step
     config = TrainConfig(lambda_identity=0.5)
     optimised, naive = Trainer(config, TINY), Trainer(config, TINY)
     for step in range(2):

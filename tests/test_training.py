@@ -1,10 +1,8 @@
 """The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
