@@ -219,6 +219,8 @@ DEFAULT = next((n for n, e in MODELS.items() if all(s in LOADED for s in e.value
 
 # A short header, and the examples as a grid of thumbnails (3 by 2) instead of a tall table, so that
 # the upload box, the controls and the examples fit the first screen of a phone.
+# The slider's images are as wide as the slider and at most max_height (500 px) tall, more than its box:
+# object-fit then enlarged them past the box, which cut them off, and shifted x and G(x) apart.
 CSS = """
 .compact-header h1 { margin: 0 0 4px 0 !important; font-size: 1.4em !important; }
 .compact-header p { margin: 0 !important; }
@@ -228,6 +230,7 @@ CSS = """
 #examples .container { width: 64px !important; height: 64px !important; }
 #examples img { width: 100% !important; height: 100% !important; object-fit: cover; }
 #examples td { padding: 2px !important; border: none !important; text-align: center; font-size: 0.85em; white-space: nowrap; }
+#result-slider img { max-height: 100% !important; }
 """
 
 
@@ -246,7 +249,8 @@ def build_demo() -> gr.Blocks:
             model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY, min_width=150,
                                 filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY)
         # Results first, rendered below: the examples beside the upload box need them as outputs.
-        slider = gr.ImageSlider(label="x | G(x): drag to compare", type="pil", format="png", height=360, render=False)
+        slider = gr.ImageSlider(label="x | G(x): drag to compare", type="pil", format="png", height=360,
+                                elem_id="result-slider", render=False)
         out_rec = gr.Image(label="reconstruction F(G(x))", type="pil", format="png", height=360, render=False)
         # Shown only when asked for: an empty box beside the results looked broken.
         out_heat = gr.Image(label="cycle error |x − F(G(x))|", type="pil", format="png", height=360, visible=False,

@@ -1,5 +1,6 @@
 """The app in a real browser: headless Chromium uploads a picture and translates it with both checkpoints,
-checks the first screen of a phone and clicks an example there, and translates a video that then plays;
+checks the first screen of a phone and clicks an example there, checks that the slider shows all of x and G(x)
+(fitted, aligned, draggable), and translates a video that then plays;
 screenshots go to test-artifacts/. Skipped without Chromium, except in CI (CI=...)."""
 import os
 from contextlib import suppress
@@ -8,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
-
 from selenium.webdriver.support.ui import WebDriverWait
 
-from scripts.screenshot import (CHROMEDRIVER, CHROMIUM, OUTPUTS, PHONE, ROOT, block, bottom, chromium, emulate, examples,
-                                open_and_upload, open_page, save_page, summary, translate)
+from scripts.screenshot import (CHROMEDRIVER, CHROMIUM, LAPTOP, OUTPUTS, PHONE, ROOT, block, bottom, chromium, emulate,
+                                examples, open_and_upload, open_page, save_page, summary, translate)
 
 ARTIFACTS = ROOT / "test-artifacts"
 MISSING = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
@@ -30,6 +31,22 @@ def browser(request):
         yield driver
         with suppress(WebDriverException):  # the final state, also after a failure
             save_page(driver, ARTIFACTS / f"{request.node.name}-last.png")
+
+
+# Where an <img> paints its picture, in page pixels: object-fit places the image inside the element's box
+# (centred, the default object-position), so the box alone does not tell whether the picture is cut off.
+PAINTED = """
+const img = arguments[0], box = img.getBoundingClientRect(), fit = getComputedStyle(img).objectFit;
+const nw = img.naturalWidth, nh = img.naturalHeight;
+let s = {contain: Math.min(box.width / nw, box.height / nh), cover: Math.max(box.width / nw, box.height / nh),
+         none: 1, "scale-down": Math.min(1, box.width / nw, box.height / nh)}[fit];
+const w = fit === "fill" ? box.width : nw * s, h = fit === "fill" ? box.height : nh * s;
+const left = box.left + (box.width - w) / 2, top = box.top + (box.height - h) / 2;
+return {left: left, top: top, right: left + w, bottom: top + h, natural: [nw, nh]};
+"""
+INSIDE = "const b = arguments[0].getBoundingClientRect(), e = arguments[0];" \
+         "return {left: b.left + e.clientLeft, top: b.top + e.clientTop," \
+         "        right: b.left + e.clientLeft + e.clientWidth, bottom: b.top + e.clientTop + e.clientHeight};"
 
 
 @pytest.fixture
@@ -99,3 +116,50 @@ def test_a_video_is_translated_and_plays(server, browser, tmp_path):
     WebDriverWait(browser, 10).until(lambda d: d.execute_script("return arguments[0].currentTime", result) > 0,
                                      "the translated video does not play")
     save_page(browser, ARTIFACTS / "browser-video.png")
+
+
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_the_slider_shows_all_of_x_and_G_x_fitted_and_aligned(server, browser, picture, viewport):
+    """The slider once showed its images enlarged and cropped by its box, x and G(x) shifted apart. A tall
+    picture (90×240) is cut off at both widths, where the slider is about 600 and 165 px wide."""
+    portrait = picture.with_name("portrait.png")
+    Image.open(picture).transpose(Image.Transpose.ROTATE_90).resize((90, 240)).save(portrait)
+    emulate(browser, *viewport)
+    open_and_upload(browser, server, portrait, "horse → zebra")
+    translate(browser)
+    slider = block(browser, OUTPUTS[0])
+    box = browser.execute_script(INSIDE, slider)  # inside the block's border, which clips its content
+    x, fake = slider.find_elements(By.CSS_SELECTOR, "img[data-testid=imageslider-image]")
+    painted = [browser.execute_script(PAINTED, img) for img in (x, fake)]
+    save_page(browser, ARTIFACTS / f"browser-slider-{viewport[0]}.png")
+    for p in painted:
+        assert p["natural"] == [90, 240]
+        width, height = p["right"] - p["left"], p["bottom"] - p["top"]
+        # The whole picture inside the box, at its own aspect ratio, and not shrunk below its own size
+        # where the box has room for it.
+        assert (p["left"] >= box["left"] - 1 and p["top"] >= box["top"] - 1 and p["right"] <= box["right"] + 1
+                and p["bottom"] <= box["bottom"] + 1), (p, box)
+        assert abs(width * 240 / 90 - height) <= 2, p
+        assert width >= min(90, (box["right"] - box["left"]), (box["bottom"] - box["top"]) * 90 / 240) - 2, (p, box)
+    # x and G(x) overlay exactly.
+    assert all(abs(painted[0][k] - painted[1][k]) <= 1 for k in ("left", "top", "right", "bottom")), painted
+
+    # Dragged to a quarter of the way, the handle still moves and G(x) begins where the handle is.
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", slider)  # the whole drag on screen
+    handle = slider.find_element(By.CSS_SELECTOR, "[data-testid=slider]")
+    centre = "const r = arguments[0].getBoundingClientRect(); return r.left + r.width / 2"
+    start = browser.execute_script(centre, handle)
+    target = start - (painted[0]["right"] - painted[0]["left"]) / 4
+    ActionChains(browser).drag_and_drop_by_offset(handle, round(target - start), 0).perform()
+
+    def handle_and_clip_line(driver) -> tuple[float, float]:
+        line = driver.execute_script("const r = arguments[0].getBoundingClientRect(), s = getComputedStyle("
+                                     "arguments[0]).clipPath; return r.left + r.width * parseFloat(s.split(' ')[3]) / 100",
+                                     fake)
+        return driver.execute_script(centre, handle), line
+
+    with suppress(TimeoutException):  # the drag lands within a frame or two
+        WebDriverWait(browser, 5, poll_frequency=0.1).until(
+            lambda d: all(abs(v - target) <= 3 for v in handle_and_clip_line(d)))
+    moved, line = handle_and_clip_line(browser)
+    assert abs(moved - target) <= 3 and abs(line - target) <= 3, (start, target, moved, line)
