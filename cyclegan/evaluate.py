@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .data import list_images, load_rgb, to_tensor
+from .files import one_line
 from .inference import run_padded
 from .model import DIRECTIONS, CycleGAN
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         inception_path()  # fail before the slow part
         results = evaluate(args.model, args.dataroot, args.direction, args.size, args.batch_size, args.limit)
     except (ModuleNotFoundError, FileNotFoundError, ValueError, ConnectionError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {one_line(e)}")
     print(json.dumps(results) if args.json else format_table(results))
 
 
