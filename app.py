@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no analytics calls
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # nor from huggingface_hub, which gradio imports
 # Before torch is imported: OpenMP threads that sleep between operations, instead of spinning, leave
 # the cores to the web server's threads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -263,5 +263,5 @@ def model_card(config: ModelConfig, info: dict) -> str:
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         lines.append("")
         if info.get("evaluation"):
-            lines += [f"Measured with `{info['evaluation']}`.", ""]
+            lines += [f"Measured with {info['evaluation']}.", ""]  # Markdown: the command in backticks
     return "\n".join(lines)

@@ -80,7 +80,7 @@ class TrainConfig:
     n_samples: int = _opt("test images per domain in the sample grids", default=4, recipe=False)
     on_nan: str = _opt("what to do when a loss is NaN or infinite", default="stop", meta={"choices": ("stop", "skip")})
     resume: str = _opt("run directory or checkpoint.pt to continue from", default="", recipe=False)
-    push_to_hub: str = _opt("Hub repo id to upload model/ to at the end", default="", recipe=False)
+    push_to_hub: str = _opt("Hub repo id to upload model/ to at the end (float16 weights)", default="", recipe=False)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, decay_epochs: int) -> float:
@@ -334,7 +334,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 # ---- the loop ---------------------------------------------------------------------------
 
 class StopSignals:
-    """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once."""
+    """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once,
+    without saving (the last checkpoint stands)."""
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -421,6 +422,7 @@ class Training:
         if self.main and c.val_count:
             write_validation_list(self.output / "validation.txt", Path(c.dataroot), self.validation)
         self.start_time, self.seconds_before = time.time(), self.trainer.seconds
+        self.saved_step = self.trainer.step if resume_state is not None else None  # step of checkpoint.pt
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.start_time
@@ -441,6 +443,7 @@ class Training:
         # between the two leaves model/ one save ahead, which the resumed run overwrites).
         self.trainer.model.save_pretrained(self.output / "model")
         save_checkpoint(self.trainer.state_dict(), self.output / "checkpoint.pt")
+        self.saved_step = self.trainer.step
         self.log.plot()
 
     def sample(self) -> None:
@@ -511,17 +514,17 @@ class Training:
                     if self.main:
                         bar.write(f"{stop.name}: saved {self.output / 'checkpoint.pt'} at step {t.step}; "
                                   f"continue with --resume {self.output}", file=sys.stderr)
-        except KeyboardInterrupt:
-            self.save()
+        except KeyboardInterrupt:  # a second signal: stop at once, and do not save a step cut short
             if self.main:
-                bar.write(f"interrupted: saved {self.output / 'checkpoint.pt'} at step {t.step}", file=sys.stderr)
+                kept = "no checkpoint yet" if self.saved_step is None else f"the last save stands (step {self.saved_step})"
+                bar.write(f"stopped at once: {kept}; continue with --resume {self.output}", file=sys.stderr)
             raise
         finally:
             bar.close()
             if self.log is not None:
                 self.log.close()
         if self.main and stop.name is None and c.push_to_hub:
-            url = t.model.push_to_hub(c.push_to_hub, dtype="float32")
+            url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
             print(f"pushed {self.output / 'model'} to {url}")
         if self.distributed:
             dist.barrier()

@@ -42,7 +42,8 @@ def scores(results: dict) -> dict:
         r = results[d]
         metrics.update({f"FID {r['domains']}": round(r["fid"], 2), f"KID {r['domains']}": round(r["kid"], 4),
                         f"cycle L1 {r['domains']}": round(r["cycle_l1"], 4),
-                        f"reference FID {r['domains']} (untranslated)": round(r["reference_fid"], 2)})
+                        f"reference FID {r['domains']} (untranslated)": round(r["reference_fid"], 2),
+                        f"reference KID {r['domains']} (untranslated)": round(r["reference_kid"], 4)})
     return metrics
 
 
@@ -70,8 +71,8 @@ def main() -> None:
     model.info["training"] = {**model.info.get("training", {}), "commands": args.command,
                               "machine": args.machine, "wall_time_hours": round(seconds / 3600, 2)}
     model.info["metrics"] = metrics
-    model.info["evaluation"] = (f"python -m cyclegan.evaluate --model {args.out} --dataroot <horse2zebra> "
-                                f"--size {args.size}: test split, {FEATURES}"
+    model.info["evaluation"] = (f"`python -m cyclegan.evaluate --model {args.out} --dataroot <horse2zebra> "
+                                f"--size {args.size}`: test split, {FEATURES}"
                                 + (f"; 'validation' rows: the {args.val_count} images per domain that train.py "
                                    f"--val-count {args.val_count} holds out of trainA/trainB" if args.val_count else ""))
     model.save_pretrained(args.out, dtype="float16")

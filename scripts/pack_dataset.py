@@ -86,8 +86,9 @@ def pack(out: Path, name: str, images: dict[str, list], held: list[str], info: d
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "datasets" / "horse2zebra",
-                        help="dataset folder with trainA/, trainB/ (and testA/, testB/)")
+    parser.add_argument("--source", type=Path, default=ROOT / "datasets" / "horse2zebra",
+                        help="dataset folder with trainA/, trainB/ (and testA/, testB/); default datasets/horse2zebra, "
+                             "where `train.py --dataset horse2zebra` puts it")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "horse2zebra-256.zip",
                         help="zip to write (default data/horse2zebra-256.zip, git-ignored)")
     parser.add_argument("--val-count", type=int, default=120,

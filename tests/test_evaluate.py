@@ -227,6 +227,7 @@ def test_export_preview_writes_test_and_validation_scores(tmp_path: Path, tiny_f
         assert metrics[f"FID {domains}"] > 0 and metrics[f"validation FID {domains}"] > 0
         assert 0 < metrics[f"validation cycle L1 {domains}"] <= 2
         assert f"validation reference FID {domains} (untranslated)" not in metrics
+        assert math.isfinite(metrics[f"reference KID {domains} (untranslated)"])
     # validation and test images differ, so do their scores
     assert metrics["FID horse→zebra"] != metrics["validation FID horse→zebra"]
     assert config["training"]["commands"] == ["python train.py --tiny"]
@@ -234,6 +235,7 @@ def test_export_preview_writes_test_and_validation_scores(tmp_path: Path, tiny_f
     assert "2 images per domain that train.py --val-count 2 holds out" in config["evaluation"]
     card = (out / "README.md").read_text()
     assert "| validation FID horse→zebra |" in card and "name: \"validation" not in card  # only test scores in model-index
+    assert f"Measured with `python -m cyclegan.evaluate --model {out} --dataroot <horse2zebra> --size 32`: test split" in card
     from safetensors import safe_open
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}

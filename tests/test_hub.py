@@ -72,7 +72,7 @@ class FakeHub(ThreadingHTTPServer):
     """Answers what hf_hub_download of huggingface_hub 2.4 asks: HEAD, then
     GET, of /{repo_id}/resolve/{revision}/{filename}, with X-Repo-Commit, ETag and Content-Length;
     a 404 carries X-Error-Code so that the client can tell a missing repo, revision or file apart.
-    Its only /api/ request, GET /api/agent-harnesses (best-effort telemetry), gets a 404."""
+    Its only /api/ request, GET /api/agent-harnesses (telemetry, which cyclegan turns off), gets a 404."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), HubHandler)
@@ -161,7 +161,7 @@ def hub(monkeypatch, tmp_path, tiny_model):
 def test_from_pretrained_downloads_a_repo_then_works_offline(hub, tiny_model, monkeypatch):
     model = CycleGAN.from_pretrained("me/tiny")
     assert same_weights(model, tiny_model) and model.config == TINY
-    # Besides these, huggingface_hub may GET /api/agent-harnesses (best-effort telemetry, once a day).
+    # (Telemetry, GET /api/agent-harnesses, is off where cyclegan is imported first: see below.)
     assert [r for r in hub.requests if "/resolve/" in r[1]] == [
         (method, f"/me/tiny/resolve/main/{name}") for name in FILES[:2] for method in ("HEAD", "GET")]
     # With HF_HUB_OFFLINE, and then with the server gone, the cached copy is used.
@@ -220,6 +220,17 @@ def test_pull_errors_are_one_line(hub, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: nobody/missing: no such model repo") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_the_commands_send_no_telemetry(hub, tmp_path, monkeypatch):
+    """A fresh process, as a user runs it: only the model's files are asked for. (Without
+    HF_HUB_DISABLE_TELEMETRY, huggingface_hub 2.4 also GETs /api/agent-harnesses, once a day.)"""
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.delenv("DISABLE_TELEMETRY", raising=False)
+    result = subprocess.run([sys.executable, "-m", "cyclegan.hub", "pull", "me/tiny", "--out", str(tmp_path / "pulled")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hub.requests and all("/resolve/" in path for _, path in hub.requests), hub.requests
 
 
 def test_push_uploads_a_float16_model_folder(tiny_model, tmp_path, monkeypatch, capsys):

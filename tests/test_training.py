@@ -208,6 +208,29 @@ def test_resume_matches_an_uninterrupted_run(dataroot, tmp_path):
     assert a["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 1 / 7))
 
 
+def test_a_second_signal_stops_at_once_and_keeps_the_last_save(dataroot, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C arrives mid-step (G updated, D not, the step not counted): nothing of that step
+    may reach checkpoint.pt, which keeps the last save whole."""
+    step = Trainer.train_step
+
+    def cut_short(self, batch):
+        if self.step == 5:
+            with torch.no_grad():
+                next(self.model.G_AB.parameters()).add_(1.0)  # half a step's worth of change
+            raise KeyboardInterrupt  # what StopSignals raises on a second signal
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(dataroot, tmp_path / "run", max_steps=9), TINY)  # saves every 2 steps
+    state = load_checkpoint(tmp_path / "run")
+    assert state["step"] == 4
+    assert "stopped at once: the last save stands (step 4); continue with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train_step", step)
+    whole = train(config_for(dataroot, tmp_path / "whole", max_steps=4), TINY)
+    assert all(torch.equal(v, load_checkpoint(whole)["G_AB"][k]) for k, v in state["G_AB"].items())
+
+
 def test_each_save_completes_the_model_folder_before_the_checkpoint(dataroot, tmp_path, monkeypatch):
     # A kill right after checkpoint.pt appears must still leave a loadable model/ of that step or later.
     import cyclegan.training as training
