@@ -222,6 +222,8 @@ DEFAULT = next((n for n, e in MODELS.items() if all(s in LOADED for s in e.value
 # the upload box, the controls and the examples fit the first screen of a phone.
 # The slider's images are as wide as the slider and at most max_height (500 px) tall, more than its box:
 # object-fit then enlarged them past the box, which cut them off, and shifted x and G(x) apart.
+# The reconstruction and the heat map fill their boxes as the slider does (Gradio's images only shrink:
+# a 256 px F(G(x)) beside a 330 px G(x) looked like another picture).
 CSS = """
 .compact-header h1 { margin: 0 0 4px 0 !important; font-size: 1.4em !important; }
 .compact-header p { margin: 0 !important; }
@@ -232,6 +234,7 @@ CSS = """
 #examples img { width: 100% !important; height: 100% !important; object-fit: cover; }
 #examples td { padding: 2px !important; border: none !important; text-align: center; font-size: 0.85em; white-space: nowrap; }
 #result-slider img { max-height: 100% !important; }
+#reconstruction img, #heat-map img { object-fit: contain !important; }
 """
 
 
@@ -252,10 +255,11 @@ def build_demo() -> gr.Blocks:
         # Results first, rendered below: the examples beside the upload box need them as outputs.
         slider = gr.ImageSlider(label="x | G(x): drag to compare", type="pil", format="png", height=360,
                                 elem_id="result-slider", render=False)
-        out_rec = gr.Image(label="reconstruction F(G(x))", type="pil", format="png", height=360, render=False)
+        out_rec = gr.Image(label="reconstruction F(G(x))", type="pil", format="png", height=360, elem_id="reconstruction",
+                           render=False)
         # Shown only when asked for: an empty box beside the results looked broken.
         out_heat = gr.Image(label="cycle error |x − F(G(x))|", type="pil", format="png", height=360, visible=False,
-                            render=False)
+                            elem_id="heat-map", render=False)
         # x and G(x) as separate files for the API; the slider shows them on the page.
         out_x = gr.Image(label="input x", type="pil", format="png", visible=False, render=False)
         out_fake = gr.Image(label="translation G(x)", type="pil", format="png", visible=False, render=False)

@@ -143,6 +143,9 @@ def test_the_slider_shows_all_of_x_and_G_x_fitted_and_aligned(server, browser, p
         assert width >= min(90, (box["right"] - box["left"]), (box["bottom"] - box["top"]) * 90 / 240) - 2, (p, box)
     # x and G(x) overlay exactly.
     assert all(abs(painted[0][k] - painted[1][k]) <= 1 for k in ("left", "top", "right", "bottom")), painted
+    # F(G(x)) beside them at the same scale.
+    rec = browser.execute_script(PAINTED, block(browser, OUTPUTS[1]).find_element(By.CSS_SELECTOR, "img"))
+    assert rec["natural"] == [90, 240] and abs((rec["bottom"] - rec["top"]) - (p["bottom"] - p["top"])) <= 2, (rec, p)
 
     # Dragged to a quarter of the way, the handle still moves and G(x) begins where the handle is.
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", slider)  # the whole drag on screen
