@@ -43,7 +43,7 @@ def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
         port = s.getsockname()[1]
     full_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
                 "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", **env}
-    for name in ("CYCLEGAN_MODELS", "CYCLEGAN_ALLOW_ANY_MODEL", "CYCLEGAN_MAX_VIDEO_PIXELS"):
+    for name in ("CYCLEGAN_MODELS", "CYCLEGAN_ALLOW_ANY_MODEL", "CYCLEGAN_MAX_VIDEO_PIXELS", "CYCLEGAN_MAX_FILE_SIZE"):
         if name not in env:  # the operator's settings of this machine stay out of tests and screenshots
             full_env.pop(name, None)
     # The log goes to a file: an unread pipe would fill up and block the server.

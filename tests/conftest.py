@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import io
+import math
 import os
 import random
 import socket
@@ -23,6 +25,29 @@ TINY = ModelConfig(ngf=8, ndf=8, n_blocks=2, n_layers=2, domain_A="horse", domai
 TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--n-layers", "2", "--load-size", "36",
               "--crop-size", "32", "--device", "cpu", "--workers", "0"]
 ROOT = Path(__file__).resolve().parents[1]
+
+
+IN_CI = bool(os.environ.get("CI"))  # .ci/run sets it
+
+
+def require(missing: list[str], hint: str) -> None:
+    """Skip the calling test module when something it needs is missing (`missing` names it), except in
+    CI, where .ci/run installs everything: there the module fails to load, naming what is missing."""
+    if missing:
+        message = f"{' and '.join(missing)} missing: {hint}"
+        if IN_CI:
+            raise RuntimeError(message)
+        pytest.skip(message, allow_module_level=True)
+
+
+def missing_modules(*names: str) -> list[str]:
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def psnr(a, b) -> float:
+    """PSNR in dB of two 8-bit images (PIL images or uint8 arrays of one shape)."""
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 def run_python(args: list[str], **kw) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cyclegan import CycleGAN
 from cyclegan.inference import run_padded, run_tiled
-from tests.conftest import TINY, run_python
+from tests.conftest import ROOT, TINY, psnr, run_python
 
 
 def test_tiled_translation_matches_untiled(tiny_model):
@@ -68,6 +68,12 @@ def test_app_translates_both_ways_with_both_checkpoints(client, photo):
             outputs[direction, identity] = np.asarray(fake.convert("RGB"), np.int16)
     for direction in ("A2B", "B2A"):  # the toggle really switches checkpoints
         assert np.abs(outputs[direction, True] - outputs[direction, False]).mean() > 1
+    # and each G(x) is what the package makes of the photo with that checkpoint
+    for identity, name in ((True, "horse2zebra-identity"), (False, "horse2zebra-no-identity")):
+        model = CycleGAN.from_pretrained(ROOT / "weights" / name)
+        for direction in ("A2B", "B2A"):
+            expected = model.translate(Image.open(photo), direction)
+            assert psnr(outputs[direction, identity], expected) >= 40, (name, direction)
     assert np.abs(outputs["A2B", True] - outputs["B2A", True]).mean() > 1
 
 

@@ -16,17 +16,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from scripts.screenshot import (CHROMEDRIVER, CHROMIUM, LAPTOP, OUTPUTS, PHONE, ROOT, block, bottom, chromium, emulate,
                                 examples, open_and_upload, open_page, save_page, summary, translate)
+from tests.conftest import require
 
 ARTIFACTS = ROOT / "test-artifacts"
-MISSING = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-if MISSING and not os.environ.get("CI"):
-    pytest.skip(f"{' and '.join(MISSING)} missing: apt-get install chromium chromium-driver", allow_module_level=True)
+require([path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)],
+        "apt-get install chromium chromium-driver")
 
 
 @pytest.fixture
 def browser(request):
-    if MISSING:  # only in CI, where the browser test must run
-        pytest.fail(f"{' and '.join(MISSING)} missing: apt-get install chromium chromium-driver")
     with chromium(1400, 1100) as driver:
         yield driver
         with suppress(WebDriverException):  # the final state, also after a failure

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +15,7 @@ from PIL import Image
 from cyclegan import CycleGAN, ModelConfig
 from cyclegan.inference import autocast_dtype
 from cyclegan.training import Trainer, TrainConfig, load_checkpoint, save_checkpoint, train
-from tests.conftest import TINY, TINY_FLAGS, free_port
+from tests.conftest import TINY, TINY_FLAGS, free_port, psnr
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -171,11 +170,6 @@ def test_train_resumes_across_devices(dataroot, tmp_path):
     model = CycleGAN.from_pretrained(out / "model")
     assert model.info["steps"] == 6
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    mse = ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).mean()
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_every_variant_forward_backward_save_load_determinism(config, tmp_path):
     x = torch.rand(2, 3, 32, 36) * 2 - 1
     for G in (model.G_AB, model.G_BA):
         y = G(x)
-        assert y.shape == x.shape and y.abs().max() <= 1
+        assert y.shape == x.shape and y.std() > 1e-3  # tanh keeps it in [-1, 1]; a constant output would be a bug
     for D in (model.D_A, model.D_B):
         out = D(x)
         assert out.ndim == 4 and out.shape[:2] == (2, 1)

@@ -7,11 +7,11 @@ import torch
 from cyclegan import CycleGAN
 from cyclegan.export_onnx import main as export_main
 from cyclegan.inference import run_padded
-from tests.conftest import TINY
+from tests.conftest import TINY, missing_modules, require
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")  # torch's ONNX exporter needs it
+require(missing_modules("onnx", "onnxruntime", "onnxscript"), "pip install -r requirements-dev.txt")  # onnxscript: torch's exporter
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
 
 @pytest.fixture(scope="module")

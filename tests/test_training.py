@@ -1,6 +1,7 @@
 """The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from cyclegan import CycleGAN
-from cyclegan.training import Trainer, TrainConfig, load_checkpoint, lr_factor, train
+from cyclegan.training import StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from tests.conftest import TINY, TINY_FLAGS, free_port, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +232,17 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_save(dataroot, tmp_pat
     assert all(torch.equal(v, load_checkpoint(whole)["G_AB"][k]) for k, v in state["G_AB"].items())
 
 
+def test_stop_signals_ask_once_then_interrupt():
+    """The real handlers: the first signal is a request the loop reads; the second interrupts."""
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_each_save_completes_the_model_folder_before_the_checkpoint(dataroot, tmp_path, monkeypatch):
     # A kill right after checkpoint.pt appears must still leave a loadable model/ of that step or later.
     import cyclegan.training as training
@@ -268,9 +280,12 @@ def test_train_py_writes_every_output_and_resumes(dataroot, tmp_path):
     from PIL import Image
     assert Image.open(out / "samples" / grids[0]).size == (6 * 32 + 8, 2 * 32)  # 2 test images per domain
 
-    result = run(["--resume", str(out), "--max-steps", "6"])
+    result = run(["--resume", str(out), "--max-steps", "6", "--lr", "1e-4"])  # a flag given with --resume wins
     assert result.returncode == 0, result.stderr
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and state["train_config"]["lr"] == 1e-4
+    assert state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # still in the constant phase
+    assert torch.load(out / "checkpoint.prev.pt", weights_only=True)["step"] == 4  # the save before
     result = run(["--resume", str(out), "--ngf", "16", "--max-steps", "8"])
     assert result.returncode == 1 and "--ngf 16 (checkpoint: 8)" in result.stderr
 

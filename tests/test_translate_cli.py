@@ -2,6 +2,8 @@
 files, and `authors:NAME` models converted once from the authors' files."""
 from __future__ import annotations
 
+import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from cyclegan import convert
 from cyclegan.translate import VideoError, load_model, main, translate_video
+from tests.conftest import psnr
 from tests.test_convert import authors_server  # noqa: F401 (a fixture)
 
 
@@ -55,8 +58,14 @@ def test_a_folder_with_spaces_keeps_names_paths_and_sizes(model_dir, tmp_path, c
     (photos / "sub dir" / "broken.png").write_text("named as an image, but text")
     out = tmp_path / "out dir"
     assert main(["--model", str(model_dir), str(photos), "--out", str(out), "--precision", "fp32"]) == 1
+    model = load_model(str(model_dir))
     for name, size in sizes.items():
-        assert Image.open(out / name).size == size, name
+        written = Image.open(out / name)
+        assert written.size == size and written.format == {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}[
+            Path(name).suffix], name
+        expected, encoded = model.translate(Image.open(photos / name), "A2B", precision="fp32"), io.BytesIO()
+        expected.save(encoded, format=written.format, **({} if written.format == "PNG" else {"quality": 95}))
+        assert psnr(written.convert("RGB"), Image.open(encoded).convert("RGB")) == math.inf, name  # G(x), as encoded
     assert not (out / "notes.txt").exists() and not (out / "sub dir" / "broken.png").exists()
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("skipped")]
@@ -65,7 +74,9 @@ def test_a_folder_with_spaces_keeps_names_paths_and_sizes(model_dir, tmp_path, c
     (photos / "sub dir" / "broken.png").unlink()
     assert main(["--model", str(model_dir), str(photos / "a horse.png"), "--out", str(tmp_path / "one"),
                  "--direction", "B2A", "--cycle"]) == 0
-    assert Image.open(tmp_path / "one" / "a horse.png").size == Image.open(tmp_path / "one" / "a horse.rec.png").size
+    fake, rec = model.cycle(Image.open(photos / "a horse.png"), "B2A")
+    assert psnr(Image.open(tmp_path / "one" / "a horse.png"), fake) == math.inf
+    assert psnr(Image.open(tmp_path / "one" / "a horse.rec.png"), rec) == math.inf
 
 
 def test_videos_keep_frames_size_and_rate(model_dir, tmp_path):

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 
@@ -15,14 +14,12 @@ from benchmarks.bench_web import canvas_image, make_picture, open_page, page_req
 from cyclegan import CycleGAN
 from cyclegan.export_web import main as export_main
 from scripts.screenshot import CHROMEDRIVER, CHROMIUM, chromium
-from tests.conftest import TINY
+from tests.conftest import TINY, missing_modules, psnr, require
 
-pytest.importorskip("onnxscript")  # torch's ONNX exporter needs it
-MISSING = [tool for tool in ("npm", "node") if shutil.which(tool) is None]
-MISSING += [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-if MISSING:
-    pytest.skip(f"{' and '.join(MISSING)} missing: apt-get install nodejs npm chromium chromium-driver",
-                allow_module_level=True)
+require(missing_modules("onnx", "onnxscript"), "pip install -r requirements-dev.txt")  # torch's ONNX exporter
+require([tool for tool in ("npm", "node") if shutil.which(tool) is None]
+        + [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)],
+        "apt-get install nodejs npm chromium chromium-driver")
 
 MAX_SIDE = 128
 
@@ -40,11 +37,6 @@ def site(tmp_path_factory):
 def browser():
     with chromium() as driver:
         yield driver
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 def test_page_draws_what_python_translates_and_stays_in_its_folder(site, tmp_path):
