@@ -45,8 +45,13 @@ def missing_modules(*names: str) -> list[str]:
 
 
 def psnr(a, b) -> float:
-    """PSNR in dB of two 8-bit images (PIL images or uint8 arrays of one shape)."""
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    """PSNR in dB of two 8-bit images: PIL images, uint8 arrays, or tensors in [-1, 1] (taken as the
+    levels that to_image() would write)."""
+    def levels(x) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().cpu().numpy()
+        return np.asarray(x, np.float64)
+    mse = np.mean((levels(a) - levels(b)) ** 2)
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 

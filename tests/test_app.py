@@ -18,13 +18,13 @@ from tests.conftest import ROOT, TINY, psnr, run_python
 def test_tiled_translation_matches_untiled(tiny_model):
     g = tiny_model.G_AB
     with torch.no_grad():
-        # A textured image: instance norm sees different statistics per tile, so the outputs differ
-        # a little; away from the borders the mean difference stays under 0.08 on the [-1, 1] scale.
+        # A textured image: instance norm sees different statistics per tile, so the outputs differ a
+        # little: 30.6 dB measured (downscaling by 2 instead of tiling: 16.8 dB).
         x = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 50, generator=torch.Generator().manual_seed(0)) * 2 - 1,
                                             size=(200, 260), mode="bilinear")
         tiled, whole = run_tiled(g, x, tile=96, overlap=16), run_padded(g, x)
         assert tiled.shape == whole.shape
-        assert (tiled - whole)[..., 16:-16, 16:-16].abs().mean() < 0.08
+        assert psnr(tiled, whole) >= 27
         assert torch.allclose(run_tiled(g, x, tile=512), run_padded(g, x), atol=1e-6)  # a single tile
 
 

@@ -1,7 +1,6 @@
 """Inference precision and size: each precision against float32 on a generator with trained
 statistics, the choice "auto" makes, tiling by default for large inputs, and Trainer.train_step's
 batched calls against benchmarks/bench.py's naive loop."""
-import math
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, run_any_size
 from cyclegan.networks import Generator
 from cyclegan.training import Trainer, TrainConfig
 
-from .conftest import TINY
+from .conftest import TINY, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 PREVIEW = ROOT / "weights" / "horse2zebra-identity"
@@ -30,14 +29,6 @@ def image(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     low = torch.nn.functional.interpolate(torch.rand(n, 3, h // 8 + 1, w // 8 + 1, generator=g), size=(h, w),
                                           mode="bilinear", align_corners=False)
     return (0.8 * low + 0.2 * torch.rand(n, 3, h, w, generator=g)) * 2 - 1
-
-
-def psnr_8bit(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of the 8-bit images that to_image() would write."""
-    def levels(y):
-        return y.float().clamp(-1, 1).add(1).mul(127.5).round()
-    mse = (levels(a) - levels(b)).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +72,7 @@ def test_each_precision_against_fp32(trained, precision, native, monkeypatch):
     else:  # really computed in bf16, and close to fp32 in what an 8-bit image shows
         assert set(seen) == {torch.bfloat16}
         assert not torch.equal(out, reference)
-        assert psnr_8bit(out, reference) >= BF16_MIN_PSNR
+        assert psnr(out, reference) >= BF16_MIN_PSNR
 
 
 def test_auto_is_fp32_without_native_bf16(monkeypatch):
@@ -168,8 +159,8 @@ def test_bench_bf16_simulation_matches_real_bf16(trained):
     real = run_any_size(trained, x, precision="bf16")
     with torch.inference_mode(), Bf16Rounding():
         simulated = run_any_size(trained, x, precision="fp32")
-    assert abs(psnr_8bit(simulated, reference) - psnr_8bit(real, reference)) < 3
-    assert psnr_8bit(simulated, real) > psnr_8bit(real, reference) - 3  # as far from real as real is from fp32
+    assert abs(psnr(simulated, reference) - psnr(real, reference)) < 3
+    assert psnr(simulated, real) > psnr(real, reference) - 3  # as far from real as real is from fp32
 
 
 def test_train_step_matches_the_naive_loop():

@@ -309,6 +309,16 @@ def test_train_py_bad_data_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_push_to_hub_without_a_token_stops_before_training(dataroot, tmp_path, monkeypatch):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))  # no stored token either
+    result = run(["--dataroot", str(dataroot), "--output", str(tmp_path / "run"), "--push-to-hub", "me/tiny",
+                  "--max-steps", "2", *TINY_FLAGS])
+    assert result.returncode == 1 and "--push-to-hub me/tiny: no Hugging Face token" in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_ddp_with_two_cpu_processes(dataroot, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
