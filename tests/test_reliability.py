@@ -294,12 +294,17 @@ def test_kill_9_loses_only_the_steps_since_the_last_save(dataroot, tmp_path):
 
 
 def test_kill_9_at_any_time_leaves_a_loadable_checkpoint(dataroot, tmp_path):
-    """Killed again and again, half of the time just as checkpoint.pt.tmp appears (a save is being
-    written), half at a random moment; after each kill the run directory loads and resumes."""
+    """Killed again and again, every other time just as checkpoint.pt.tmp appears (a save is being
+    written), otherwise at a random moment; after each kill the run directory loads and resumes. On a
+    busy machine a kill can come after the save it aimed at, so it goes on (at most 14 kills) until at
+    least 3 came during a save."""
     out, log, rng = tmp_path / "run", tmp_path / "log", random.Random(0)
     tmp_file = out / "checkpoint.pt.tmp"
-    tries, mid_save, last = 6, 0, 0
-    for attempt in range(tries):
+    tries, mid_save, last = 0, 0, 0
+    for attempt in range(14):
+        if attempt >= 6 and mid_save >= 3:
+            break
+        tries += 1
         start_from = ["--resume", str(out)] if attempt else ["--dataroot", str(dataroot), "--output", str(out),
                                                             *TINY_FLAGS, "--log-every", "1"]
         tmp_file.unlink(missing_ok=True)  # a leftover from the last kill: only a new one shows a save in progress
@@ -319,7 +324,7 @@ def test_kill_9_at_any_time_leaves_a_loadable_checkpoint(dataroot, tmp_path):
         last = trainer.step
         CycleGAN.from_pretrained(out / "model")
     print(f"{tries} kills, {mid_save} during a save; resumed each time, up to step {last}")
-    assert mid_save >= tries // 2, f"only {mid_save} of {tries} kills came during a save"
+    assert mid_save >= 3, f"only {mid_save} of {tries} kills came during a save"
     result = run(["train.py", "--resume", str(out), "--max-steps", str(last + 2)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(out)["step"] == last + 2

@@ -43,6 +43,21 @@ def read_video(path: Path) -> tuple[str, int, int, int, float]:
         return stream.codec_context.name, frames, stream.width, stream.height, float(stream.average_rate)
 
 
+def frames_psnr(model, source: Path, translated: Path, direction: str) -> list[float]:
+    """PSNR of the first and last frames of `translated` against `model`'s translation of those of
+    `source`, in means of 8x8 blocks: H.264 at 64x48 blurs the noise of write_video's frames (19.7 dB in
+    full). Measured with the tiny model: 42-43 dB, against 31-32 for the neighbouring frame's translation,
+    21 for the untranslated frame and 19 for the other direction."""
+    import av
+
+    def blocks(image: Image.Image) -> Image.Image:
+        return image.resize((image.width // 8, image.height // 8), Image.BOX)
+
+    with av.open(str(source)) as a, av.open(str(translated)) as b:
+        pairs = list(zip((f.to_image() for f in a.decode(video=0)), (f.to_image() for f in b.decode(video=0))))
+    return [psnr(blocks(y.crop((0, 0, *x.size))), blocks(model.translate(x, direction))) for x, y in (pairs[0], pairs[-1])]
+
+
 @pytest.fixture
 def model_dir(tiny_model, tmp_path) -> Path:
     return tiny_model.save_pretrained(tmp_path / "tiny model")
@@ -85,17 +100,9 @@ def test_videos_keep_frames_size_and_rate(model_dir, tmp_path):
     assert main(["--model", str(model_dir), str(clip), str(odd), "--out", str(tmp_path / "out")]) == 0
     assert read_video(tmp_path / "out" / "clip one.mp4") == ("h264", 8, 64, 48, 12.0)
     assert read_video(tmp_path / "out" / "odd.mp4") == ("h264", 5, 64, 48, 10.0)  # even sides for H.264
-    # Each frame is G of the same input frame. H.264 at 64x48 blurs noise (19.7 dB in full), so compare
-    # means of 8x8 blocks: 42-43 dB measured, against 31-32 for the neighbouring frame's translation, 21
-    # for the untranslated frame and 19 for the other direction.
-    import av
     model = load_model(str(model_dir))
-    blocks = lambda im: im.resize((im.width // 8, im.height // 8), Image.BOX)  # noqa: E731
     for source, out in ((clip, "clip one.mp4"), (odd, "odd.mp4")):
-        with av.open(str(source)) as a, av.open(str(tmp_path / "out" / out)) as b:
-            pairs = list(zip((f.to_image() for f in a.decode(video=0)), (f.to_image() for f in b.decode(video=0))))
-        for x, y in (pairs[0], pairs[-1]):
-            assert psnr(blocks(y.crop((0, 0, *x.size))), blocks(model.translate(x, "A2B"))) >= 38, out
+        assert min(frames_psnr(model, source, tmp_path / "out" / out, "A2B")) >= 38, out
 
 
 def test_video_limit_and_unreadable_videos(tiny_model, model_dir, tmp_path, capsys):
