@@ -59,6 +59,20 @@ def test_preprocess_sizes(preprocess, size):
     assert t.shape == (3, *size)
 
 
+def test_flip_mirrors_half_of_the_crops_and_no_flip_none():
+    """flip=True mirrors the crop with probability 1/2; --no-flip (flip=False) never does."""
+    import random
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    unflipped = to_tensor(image)
+    mirrored = unflipped.flip(-1)
+    # preprocess "none" crops nothing, so each result is the image or its mirror
+    flipped = [transform(image, "none", 40, 40, flip=True, rng=random.Random(seed)) for seed in range(40)]
+    assert all(torch.equal(t, unflipped) or torch.equal(t, mirrored) for t in flipped)
+    assert 8 <= sum(torch.equal(t, mirrored) for t in flipped) <= 32
+    assert all(torch.equal(transform(image, "none", 40, 40, flip=False, rng=random.Random(seed)), unflipped)
+               for seed in range(40))
+
+
 def test_dataset_is_unpaired_deterministic_and_reshuffled_per_epoch(dataroot):
     ds = UnpairedDataset(dataroot, crop_size=16, load_size=20, seed=1)
     assert len(ds) == 7  # the larger domain

@@ -290,6 +290,15 @@ def test_train_py_writes_every_output_and_resumes(dataroot, tmp_path):
     assert result.returncode == 1 and "--ngf 16 (checkpoint: 8)" in result.stderr
 
 
+def test_train_py_names_the_domains(dataroot, tmp_path):
+    out = tmp_path / "run"
+    result = run(["--dataroot", str(dataroot), "--output", str(out), "--max-steps", "1", "--domain-A", "summer",
+                  "--domain-B", "winter", *TINY_FLAGS])
+    assert result.returncode == 0, result.stderr
+    model = CycleGAN.from_pretrained(out / "model")
+    assert model.domains("A2B") == ("summer", "winter") and "summer ↔ winter" in (out / "model" / "README.md").read_text()
+
+
 def test_train_py_downloads_a_dataset(tmp_path, zip_server):
     url, _, _ = zip_server
     result = run(["--dataset", "tiny", "--dataset-url", url, "--data-dir", str(tmp_path / "ds"), "--max-steps", "1",
