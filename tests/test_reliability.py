@@ -301,10 +301,8 @@ def test_kill_9_at_any_time_leaves_a_loadable_checkpoint(dataroot, tmp_path):
     out, log, rng = tmp_path / "run", tmp_path / "log", random.Random(0)
     tmp_file = out / "checkpoint.pt.tmp"
     tries, mid_save, last = 0, 0, 0
-    for attempt in range(14):
-        if attempt >= 6 and mid_save >= 3:
-            break
-        tries += 1
+    while tries < 6 or (mid_save < 3 and tries < 14):
+        attempt, tries = tries, tries + 1
         start_from = ["--resume", str(out)] if attempt else ["--dataroot", str(dataroot), "--output", str(out),
                                                             *TINY_FLAGS, "--log-every", "1"]
         tmp_file.unlink(missing_ok=True)  # a leftover from the last kill: only a new one shows a save in progress

@@ -4,7 +4,6 @@ no request outside its folder. Skipped without npm and node (which install ONNX 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -14,12 +13,10 @@ from benchmarks.bench_web import canvas_image, make_picture, open_page, page_req
 from cyclegan import CycleGAN
 from cyclegan.export_web import main as export_main
 from scripts.screenshot import CHROMEDRIVER, CHROMIUM, chromium
-from tests.conftest import TINY, missing_modules, psnr, require
+from tests.conftest import TINY, missing_modules, missing_tools, psnr, require
 
 require(missing_modules("onnx", "onnxscript"), "pip install -r requirements-dev.txt")  # torch's ONNX exporter
-require([tool for tool in ("npm", "node") if shutil.which(tool) is None]
-        + [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)],
-        "apt-get install nodejs npm chromium chromium-driver")
+require(missing_tools("npm", "node", CHROMIUM, CHROMEDRIVER), "apt-get install nodejs npm chromium chromium-driver")
 
 MAX_SIDE = 128
 
