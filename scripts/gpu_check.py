@@ -57,8 +57,11 @@ def info(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Each run's model/ as a float16 folder `out/<run name>` (what comes back), with where it was
-    trained; then one grid of all of them on the dataset's test images."""
+    trained, and its moving average (--ema-decay, from checkpoint.pt) as `out/<run name>-ema`: the
+    GPU machine cannot measure FID (the Inception weights do not travel), so both come back to be
+    chosen on the validation split. Then one grid of all of them on the dataset's test images."""
     from cyclegan import CycleGAN
+    from cyclegan.training import load_checkpoint
     from scripts import make_grid
 
     machine = versions()
@@ -71,6 +74,13 @@ def export(args: argparse.Namespace) -> None:
                                    "command": "scripts/gpu_check.sh" + (" --dry-run" if args.dry_run else "")}
         folders.append(model.save_pretrained(Path(args.out) / run.name, dtype="float16"))
         print(f"{run / 'model'} -> {folders[-1]} ({model.info.get('steps')} steps)")
+        state = load_checkpoint(run)
+        if "G_AB_ema" in state and state["step"] == model.info.get("steps"):
+            model.G_AB.load_state_dict(state["G_AB_ema"])
+            model.G_BA.load_state_dict(state["G_BA_ema"])
+            model.info["weights"] = f"moving average (decay {model.info.get('ema_decay')})"
+            folders.append(model.save_pretrained(Path(args.out) / f"{run.name}-ema", dtype="float16"))
+            print(f"{run / 'checkpoint.pt'} (moving average) -> {folders[-1]}")
     make_grid.main([*map(str, folders), "--dataroot", args.dataroot, "-n", "4", "--size", str(args.size),
                     "--out", args.grid])
 

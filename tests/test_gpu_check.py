@@ -8,6 +8,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -72,16 +73,23 @@ def test_gpu_check_dry_run(tmp_path):
     assert "idt_A" in runs["identity"]["last_losses"] and "idt_A" not in runs["no-identity"]["last_losses"]
 
     for name in ("identity", "no-identity"):  # loadable float16 model folders that say where they came from
-        with tarfile.open(out / f"model-{name}.tar") as tar:
+        with tarfile.open(out / f"model-{name}.tar") as tar:  # the raw generators and their moving average
+            assert sorted(m.name for m in tar.getmembers() if m.isfile()) == sorted(f"{run}/{f}" for run in (name, f"{name}-ema")
+                                                    for f in ("README.md", "config.json", "model.safetensors"))
             tar.extractall(tmp_path / "returned", filter="data")
-        folder = tmp_path / "returned" / name
-        with safe_open(folder / "model.safetensors", "pt") as f:
-            assert f.metadata()["dtype"] == "float16"
-        model = CycleGAN.from_pretrained(folder)
-        assert model.config.ngf == 8 and model.info["steps"] == 2 and "--dry-run" in model.info["gpu_check"]["command"]
-        assert model.translate(Image.new("RGB", (40, 32), "gray")).size == (40, 32)
-    grid = Image.open(out / "grid.jpg")  # both models: 2 blocks of x | G(x) | F(G(x)), 2 test images each way
-    assert grid.size == (2 * 3 * 32 + 8, 24 + 4 * 32)
+        models = []
+        for folder in (tmp_path / "returned" / name, tmp_path / "returned" / f"{name}-ema"):
+            with safe_open(folder / "model.safetensors", "pt") as f:
+                assert f.metadata()["dtype"] == "float16"
+            models.append(CycleGAN.from_pretrained(folder))
+            assert models[-1].config.ngf == 8 and models[-1].info["steps"] == 2
+            assert "--dry-run" in models[-1].info["gpu_check"]["command"]
+            assert models[-1].translate(Image.new("RGB", (40, 32), "gray")).size == (40, 32)
+        raw, ema = (m.state_dict() for m in models)
+        assert "moving average" in models[1].info["weights"] and "weights" not in models[0].info
+        assert any(not torch.equal(raw[k], ema[k]) for k in raw if k.startswith("G_AB."))  # two steps apart from it
+    grid = Image.open(out / "grid.jpg")  # all four models: 4 blocks of x | G(x) | F(G(x)), 2 test images each way
+    assert grid.size == (4 * 3 * 32 + 3 * 8, 24 + 4 * 32)
     with tarfile.open(out / "runs.tar.gz") as tar:
         names = tar.getnames()
     for name in ("identity", "no-identity"):
