@@ -2,10 +2,11 @@
 # Prove the GPU path in one command (issue 15), within 6 minutes on one H100-class GPU:
 #   1. the GPU and the versions                      (info.json; nvidia-smi)
 #   2. benchmarks/bench.py --device cuda --quick     (alone on the GPU, so that its timings are clean)
-#   3. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
+#   3. pytest tests/test_cuda.py                     (CUDA against the CPU; ~30 s alone, but past 150 s
+#                                                       beside the batch-4 training, so before it)
+#   4. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
 #      0.5 and 0 side by side for the minutes left, and meanwhile
-#   4. pytest tests/test_cuda.py                     (CUDA against the CPU: sharing the GPU is no matter)
-#      and bench.py on two of the machine's CPU cores  (generator fp32 vs bf16 where its CPU has AMX/AVX512-BF16:
+#      bench.py on two of the machine's CPU cores      (generator fp32 vs bf16 where its CPU has AMX/AVX512-BF16:
 #                                                       issue 13's CPU target; pinned apart from the training)
 #   5. both runs exported as float16 model folders, and a grid of them on test images
 # and everything packed into at most 8 files directly in OUT_DIR (what the GPU machine returns):
@@ -58,11 +59,12 @@ if [ $DRY = 1 ]; then
     GRID_SIZE=32
 else
     # The previews' model (ngf 32, 6 blocks, ndf 32) at 256 px crops, 4 images a step (at batch 1 the
-    # GPU waits on kernel launches), bf16 autocast (--amp auto), the previews' validation split held
-    # out and a moving average kept: each run's raw and averaged float16 folders (7.6 MB each) come
-    # back in one file of at most 16 MiB (the paper's ngf 64 would be 44 MB a folder).
+    # GPU waits on kernel launches: 4 images cost about what 1 does), bf16 autocast (--amp auto), and a
+    # moving average: each run's raw and averaged float16 folders (7.6 MB each) come back in one file
+    # of at most 16 MiB (the paper's ngf 64 would be 44 MB a folder). The archive already lacks the
+    # validation images (pack_dataset.py), so no --val-count here.
     TRAIN=(--device cuda --ngf 32 --n-blocks 6 --ndf 32 --load-size 286 --crop-size 256 --batch-size 4
-           --ema-decay 0.999 --val-count 120 --workers 4 --log-every 100 --save-every 1000 --sample-every 1000)
+           --ema-decay 0.999 --workers 4 --log-every 100 --save-every 1000 --sample-every 1000)
     BENCH=(--device cuda --quick)
     read -r -a extra <<< "${GPU_CHECK_TRAIN:-}"
     TRAIN+=("${extra[@]}")
@@ -111,9 +113,12 @@ DATA=${DATA%/trainA}
 # generator (bench.py's --data), not a random one
 step bench 120 "$PY" benchmarks/bench.py "${BENCH[@]}" ${DATA:+--data "$DATA"} --out "$WORK/bench.json"
 
-# 3. training
+# 3. CUDA against the CPU (collected and skipped in the dry run: no CUDA there)
+step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+
+# 4. training
 limit=$(( $(left) - RESERVE ))
-# the CPU benchmark gets the last two cores to itself; the training and the tests the others
+# the CPU benchmark gets the last two cores to itself; the training the others
 PIN=()
 CPU_BENCH=(--device cpu --threads 2 --quick --only generator,accuracy --data "$DATA" --out "$LOGS/bench-cpu.json")
 last=$(( $(nproc) - 1 ))
@@ -137,9 +142,6 @@ if [ -n "$DATA" ] && [ "$limit" -ge 10 ]; then
 else
     record train -1 0 0
 fi
-
-# 4. CUDA against the CPU (collected and skipped in the dry run: no CUDA there)
-step tests 150 "${PIN[@]}" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
 
 if [ -n "${cpu_bench:-}" ]; then
     wait "$cpu_bench"
