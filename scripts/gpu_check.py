@@ -78,7 +78,7 @@ def export(args: argparse.Namespace) -> None:
         if "G_AB_ema" in state and state["step"] == model.info.get("steps"):
             model.G_AB.load_state_dict(state["G_AB_ema"])
             model.G_BA.load_state_dict(state["G_BA_ema"])
-            model.info["weights"] = f"moving average (decay {model.info.get('ema_decay')})"
+            model.info["weights"] = f"moving average of the generators (decay {model.info['training']['ema_decay']})"
             folders.append(model.save_pretrained(Path(args.out) / f"{run.name}-ema", dtype="float16"))
             print(f"{run / 'checkpoint.pt'} (moving average) -> {folders[-1]}")
     make_grid.main([*map(str, folders), "--dataroot", args.dataroot, "-n", "4", "--size", str(args.size),

@@ -86,7 +86,7 @@ def test_gpu_check_dry_run(tmp_path):
             assert "--dry-run" in models[-1].info["gpu_check"]["command"]
             assert models[-1].translate(Image.new("RGB", (40, 32), "gray")).size == (40, 32)
         raw, ema = (m.state_dict() for m in models)
-        assert "moving average" in models[1].info["weights"] and "weights" not in models[0].info
+        assert models[1].info["weights"] == "moving average of the generators (decay 0.9)" and "weights" not in models[0].info
         assert any(not torch.equal(raw[k], ema[k]) for k in raw if k.startswith("G_AB."))  # two steps apart from it
     grid = Image.open(out / "grid.jpg")  # all four models: 4 blocks of x | G(x) | F(G(x)), 2 test images each way
     assert grid.size == (4 * 3 * 32 + 3 * 8, 24 + 4 * 32)
