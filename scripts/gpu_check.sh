@@ -168,7 +168,8 @@ fi
 for run in identity no-identity; do  # one file per run: its raw folder and its moving average's
     folders=()
     for folder in "$run" "$run-ema"; do [ -d "$WORK/models/$folder" ] && folders+=("$folder"); done
-    if [ ${#folders[@]} -eq 2 ] && [ "$(du -cb "$WORK/models/$run" "$WORK/models/$run-ema" | tail -n 1 | cut -f1)" -gt $((16 * 2**20 - 2**16)) ]; then
+    if [ ${#folders[@]} -eq 2 ] &&
+        [ "$(cd "$WORK/models" && du -cb "${folders[@]}" | tail -n 1 | cut -f1)" -gt $((16 * 2**20 - 2**16)) ]; then
         echo "== model-$run.tar: both folders exceed the 16 MiB a returned file may have; only $run-ema goes back"
         folders=("$run-ema")
     fi
