@@ -50,15 +50,23 @@ def missing_tools(*tools: str) -> list[str]:
     return [tool for tool in tools if shutil.which(tool) is None]
 
 
+def levels(x) -> np.ndarray:
+    """8-bit levels of a PIL image, a uint8 array, or a tensor in [-1, 1] (the levels that to_image()
+    would write), as float64."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().cpu().numpy()
+    return np.asarray(x, np.float64)
+
+
 def psnr(a, b) -> float:
-    """PSNR in dB of two 8-bit images: PIL images, uint8 arrays, or tensors in [-1, 1] (taken as the
-    levels that to_image() would write)."""
-    def levels(x) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().cpu().numpy()
-        return np.asarray(x, np.float64)
+    """PSNR in dB of two 8-bit images (anything levels() takes)."""
     mse = np.mean((levels(a) - levels(b)) ** 2)
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def max_level_difference(a, b) -> int:
+    """The largest difference, in 8-bit levels, between two images' pixels (anything levels() takes)."""
+    return int(np.abs(levels(a) - levels(b)).max())
 
 
 def run_python(args: list[str], **kw) -> subprocess.CompletedProcess:

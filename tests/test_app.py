@@ -137,7 +137,7 @@ def test_translate_video_keeps_frames_and_size(client, tmp_path):
     result = client.predict(handle_file(str(odd)), "B2A", False, api_name="/translate_video")
     path = result["video"] if isinstance(result, dict) else result
     assert Path(path).suffix == ".mp4" and read_video(Path(path)) == ("h264", 8, 64, 48, 10.0)
-    # G of each frame with the checkpoint asked for: 44-45 dB measured; the other checkpoint's frames 17-18 dB
+    # G of each frame with the checkpoint asked for: 43.9-44.7 dB measured; the other checkpoint's frames 17-20 dB
     model = CycleGAN.from_pretrained(ROOT / "weights" / "horse2zebra-no-identity")
     assert min(frames_psnr(model, odd, Path(path), "B2A")) >= 38
     long = write_video(tmp_path / "long.mp4", frames=16)

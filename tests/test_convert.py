@@ -13,7 +13,7 @@ from torch import nn
 
 from cyclegan import CycleGAN
 from cyclegan.convert import main as convert_main
-from tests.conftest import TINY
+from tests.conftest import TINY, max_level_difference, psnr
 
 
 # ---- the authors' ResnetGenerator layout, rebuilt from its description -------------------------
@@ -109,9 +109,9 @@ def test_converted_generators_compute_what_theirs_compute(variant, tmp_path, cap
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         for ours, name in ((model.G_AB, "a2b"), (model.G_BA, "b2a")):
-            diff = (ours(x) - nets[name](x)).abs().max().item()
-            assert diff < 1e-4, (name, diff)
-        assert (model.G_AB(x) - nets["b2a"](x)).abs().max() > 1e-2  # the directions are not swapped
+            diff = max_level_difference(ours(x), nets[name](x))
+            assert diff <= 1, (name, diff)  # the same 8-bit images, but for rounding
+        assert psnr(model.G_AB(x), nets["b2a"](x)) < 30  # the directions are not swapped (11-13 dB measured)
 
 
 def run_error(tmp_path, capsys, a2b, b2a) -> str:
@@ -189,9 +189,9 @@ def test_name_downloads_both_directions_then_uses_the_cache(authors_server, tmp_
     assert (model.config.domain_A, model.config.domain_B) == ("horse", "zebra")
     assert model.info["training"]["G_BA"] == "zebra2horse.pth"
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    with torch.no_grad():  # float16 weights: close, not exact
-        assert (model.G_AB(x) - nets["horse2zebra"](x)).abs().max() < 2e-2
-        assert (model.G_BA(x) - nets["zebra2horse"](x)).abs().max() < 2e-2
+    with torch.no_grad():  # float16 weights: close, not exact (1 level at most, 62 dB, measured)
+        for ours, name in ((model.G_AB, "horse2zebra"), (model.G_BA, "zebra2horse")):
+            assert max_level_difference(ours(x), nets[name](x)) <= 2, name
     (tmp_path / "served" / "pretrained_models" / "horse2zebra.pth").unlink()  # a second run must not need the server
     assert convert_main(args + ["--out", str(tmp_path / "m2")]) == 0
     again = CycleGAN.from_pretrained(tmp_path / "m2").state_dict()

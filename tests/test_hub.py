@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from cyclegan import CycleGAN
 from cyclegan.hub import main as hub_main
-from tests.conftest import TINY, free_port
+from tests.conftest import TINY, free_port, max_level_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("config.json", "model.safetensors", "README.md")
@@ -62,8 +62,7 @@ def test_round_trip_float16_halves_the_file_and_loads_as_float32(tiny_model, tmp
         assert torch.equal(loaded.state_dict()[k], v.half().float()), k
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        diff = (loaded.G_AB(x) - tiny_model.G_AB(x)).abs().max().item()
-    assert diff < 5e-3
+        assert max_level_difference(loaded.G_AB(x), tiny_model.G_AB(x)) <= 2  # float16 weights: 1 level measured
 
 
 # ---- a local stand-in for the Hub's file endpoints ------------------------------------------
