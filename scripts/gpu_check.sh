@@ -71,6 +71,8 @@ else
     GRID_SIZE=256
 fi
 
+RUNS=(identity:0.5 no-identity:0)  # NAME:λ_identity of the two training runs
+
 left() { echo $((START + BUDGET - $(date +%s))); }
 
 record() {  # NAME RC SECONDS LIMIT: one line of steps.tsv and of the log
@@ -134,7 +136,7 @@ pids=()
 if [ -n "$DATA" ] && [ "$limit" -ge 10 ]; then
     echo "== train (at most $limit s): $DATA, identity 0.5 and 0, ${TRAIN[*]}"
     t0=$(date +%s)
-    for run in identity:0.5 no-identity:0; do
+    for run in "${RUNS[@]}"; do
         timeout -s TERM -k 30 "$limit" "${PIN[@]}" "$PY" train.py --dataroot "$DATA" --output "$WORK/runs/${run%%:*}" \
             --lambda-identity "${run#*:}" "${TRAIN[@]}" > "$LOGS/train-${run%%:*}.log" 2>&1 &
         pids+=($!)
@@ -152,7 +154,7 @@ fi
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}"
     rc=$?
-    name=$([ "$i" = 0 ] && echo identity || echo no-identity)
+    name=${RUNS[$i]%%:*}
     tr '\r' '\n' < "$LOGS/train-$name.log" | tail -n 4
     record "train-$name" "$rc" $(( $(date +%s) - t0 )) "$limit"
 done
@@ -160,12 +162,12 @@ done
 # 5. the two model folders in float16, a grid of both on the test images, and what comes back
 RESERVE=10
 models=()
-for run in identity no-identity; do [ -f "$WORK/runs/$run/model/config.json" ] && models+=("$WORK/runs/$run"); done
+for run in "${RUNS[@]%%:*}"; do [ -f "$WORK/runs/$run/model/config.json" ] && models+=("$WORK/runs/$run"); done
 if [ ${#models[@]} -gt 0 ]; then
     step export 60 "$PY" scripts/gpu_check.py export "${models[@]}" --out "$WORK/models" --grid "$OUT/grid.jpg" \
         --dataroot "$DATA" --size "$GRID_SIZE" $([ $DRY = 1 ] && echo --dry-run)
 fi
-for run in identity no-identity; do  # one file per run: its raw folder and its moving average's
+for run in "${RUNS[@]%%:*}"; do  # one file per run: its raw folder and its moving average's
     folders=()
     for folder in "$run" "$run-ema"; do [ -d "$WORK/models/$folder" ] && folders+=("$folder"); done
     if [ ${#folders[@]} -eq 2 ] &&
