@@ -1,7 +1,7 @@
 """Pack a dataset's training images into one compact zip for a machine the dataset cannot reach (the
 GPU machine of scripts/gpu_check.sh receives the working tree, 64 MiB at most, and no network).
 
-    python scripts/pack_dataset.py                  # ../shared/datasets/horse2zebra -> data/horse2zebra-256.zip
+    python scripts/pack_dataset.py                  # datasets/horse2zebra -> data/horse2zebra-256.zip
     python scripts/pack_dataset.py --synthetic      # a tiny made-up dataset, for the dry run
 
 The images of trainA/ and trainB/ less the validation images that `train.py --val-count 120` holds
