@@ -62,7 +62,7 @@ def test_round_trip_float16_halves_the_file_and_loads_as_float32(tiny_model, tmp
         assert torch.equal(loaded.state_dict()[k], v.half().float()), k
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        assert max_level_difference(loaded.G_AB(x), tiny_model.G_AB(x)) <= 2  # float16 weights: 1 level measured
+        assert max_level_difference(loaded.G_AB(x), tiny_model.G_AB(x)) <= 1  # float16 weights: 1 level measured
 
 
 # ---- a local stand-in for the Hub's file endpoints ------------------------------------------
