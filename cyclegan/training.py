@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -154,6 +154,7 @@ class Trainer:
             self.ema = CycleGAN(model_config).to(self.device).requires_grad_(False).eval()
             self.reset_ema()
         self.best: dict = {}  # validation scores and step of the best model so far
+        self.validation_due = False  # this step's validation was cut short by a stop; run it on resume
         self.step = 0
         self.seconds = 0.0  # training time up to the last save, summed over resumed runs
 
@@ -274,6 +275,8 @@ class Trainer:
             state.update({f"{name}_ema": getattr(self.ema, name).state_dict() for name in ("G_AB", "G_BA")})
         if self.best:
             state["best"] = self.best
+        if self.validation_due:
+            state["validation_due"] = True
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.device.type == "cuda":
@@ -303,6 +306,7 @@ class Trainer:
                 if f"{name}_ema" in state:
                     getattr(self.ema, name).load_state_dict(state[f"{name}_ema"])
         self.best = dict(state.get("best", {}))
+        self.validation_due = bool(state.get("validation_due", False))
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
 
@@ -333,17 +337,35 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 # ---- the loop ---------------------------------------------------------------------------
 
+class StopRequested(Exception):
+    """A first stop signal that arrived inside `StopSignals.cut_short()`."""
+
+
 class StopSignals:
     """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once,
-    without saving (the last checkpoint stands)."""
+    without saving (the last checkpoint stands). Work that may be dropped and redone later (a
+    validation: minutes on a CPU) runs inside `cut_short()`, where the first signal ends it at once."""
 
     def __init__(self) -> None:
         self.name: str | None = None
+        self.cutting_short = False
 
     def _handle(self, signum, frame) -> None:
         if self.name is not None:
             raise KeyboardInterrupt
         self.name = signal.Signals(signum).name
+        if self.cutting_short:
+            raise StopRequested(self.name)
+
+    @contextmanager
+    def cut_short(self):
+        if self.name is not None:
+            raise StopRequested(self.name)
+        self.cutting_short = True
+        try:
+            yield
+        finally:
+            self.cutting_short = False
 
     def __enter__(self) -> "StopSignals":
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -450,16 +472,21 @@ class Training:
         if self.main:
             save_samples(self.trainer.model, *self.samples, self.output / "samples" / f"step_{self.trainer.step:07d}.png")
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, stop: StopSignals) -> dict[str, float]:
         """FID and KID of both directions on the validation images, for the generators and (with
-        --ema-decay) their moving average; the best of them by the sum of the two FIDs goes to best/."""
+        --ema-decay) their moving average; the best of them by the sum of the two FIDs goes to best/.
+        A stop signal ends the measuring at once (StopRequested), never a write to best/."""
         from .evaluate import evaluate
 
         t = self.trainer
         candidates = {"raw": t.model, **({"ema": t.ema} if t.ema is not None else {})}
         scores = {}
         for kind, model in candidates.items():
-            r = evaluate(model, files=self.validation, cache=self.val_cache, progress=False)
+            try:
+                with stop.cut_short():
+                    r = evaluate(model, files=self.validation, cache=self.val_cache, progress=False)
+            finally:
+                t.model.train()
             measured = {f"val_{m}_{d}": r[d][m] for d in DIRECTIONS for m in ("fid", "kid")}
             scores.update({("ema_" if kind == "ema" else "") + k: v for k, v in measured.items()})
             total = r["A2B"]["fid"] + r["B2A"]["fid"]
@@ -468,8 +495,21 @@ class Training:
                 best = CycleGAN(t.model.config, info={**self.info(), "best": t.best})
                 best.load_state_dict(model.state_dict(), strict=False)
                 best.save_pretrained(self.output / "best")
-        t.model.train()
         return scores
+
+    def validate_and_log(self, stop: StopSignals, bar, lr: float) -> None:
+        """Validate at this step and log the scores; a stop signal during it leaves the validation due,
+        saved with the step, to run first when the run is resumed."""
+        t = self.trainer
+        try:
+            scores = self.validate(stop)
+        except StopRequested:
+            t.validation_due = True
+            bar.write(f"{stop.name}: validation at step {t.step} cut short; it runs first on --resume", file=sys.stderr)
+            return
+        t.validation_due = False
+        self.log.write(t.step, t.step / self.steps_per_epoch, scores, lr, self.seconds())
+        bar.write(f"step {t.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
 
     def run(self) -> Path:
         from tqdm.auto import tqdm
@@ -484,6 +524,11 @@ class Training:
         t.model.train()
         try:
             with StopSignals() as stop:
+                if self.main and c.eval_every and t.validation_due:  # cut short by the stop before this resume
+                    self.validate_and_log(stop, bar, c.lr * lr_factor(t.step - 1, self.steps_per_epoch, c.epochs,
+                                                                      c.decay_epochs))
+                    if not t.validation_due:
+                        self.save()
                 while t.step < self.total_steps and stop.name is None:
                     epoch, done_in_epoch = divmod(t.step, self.steps_per_epoch)
                     self.dataset.epoch = epoch
@@ -500,9 +545,7 @@ class Training:
                             sums, count = {}, 0
                         evaluated = self.main and c.eval_every and (step % c.eval_every == 0 or last)
                         if evaluated:
-                            scores = self.validate()
-                            self.log.write(step, step / self.steps_per_epoch, scores, lr, self.seconds())
-                            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+                            self.validate_and_log(stop, bar, lr)
                         if evaluated or step % c.save_every == 0 or step % self.steps_per_epoch == 0 or last:
                             self.save()
                         if step % c.sample_every == 0 or last:

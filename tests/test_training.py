@@ -1,9 +1,11 @@
 """The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,42 @@ def test_eval_every_logs_validation_scores_and_keeps_the_best(dataroot, tmp_path
     # The run's final model/ is the raw step-4 generator; best/ holds other (averaged, earlier) weights.
     final = CycleGAN.from_pretrained(out / "model")
     assert not all(torch.equal(v, final.state_dict()[k]) for k, v in best.state_dict().items())
+
+
+def test_a_stop_during_validation_cuts_it_short_and_the_resume_runs_it_first(dataroot, tmp_path, monkeypatch, capsys):
+    """A validation takes minutes on a CPU: the first stop signal ends it at once rather than after it,
+    and the step is saved with its validation due, which the resumed run measures before training on."""
+    import cyclegan.evaluate
+    calls = []
+
+    def slow_evaluate(model, files, cache, progress):
+        calls.append(model)
+        if len(calls) == 1:  # the first validation (step 2): a stop arrives during it
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)  # the measuring the signal cuts short
+            raise AssertionError("the stop signal did not end the validation")
+        return {d: {"fid": 100.0 * len(calls), "kid": 0.1} for d in ("A2B", "B2A")}
+    monkeypatch.setattr(cyclegan.evaluate, "evaluate", slow_evaluate)
+    out = tmp_path / "run"
+    config = config_for(dataroot, out, max_steps=4, val_count=2, eval_every=2)
+    started = time.monotonic()
+    train(config, TINY)
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert "SIGTERM: validation at step 2 cut short; it runs first on --resume" in err
+    assert f"SIGTERM: saved {out / 'checkpoint.pt'} at step 2" in err
+    state = load_checkpoint(out)
+    assert state["step"] == 2 and state["validation_due"] is True and "best" not in state
+    assert not (out / "best").exists()
+
+    train(dataclasses.replace(config, resume=str(out)), TINY, state)
+    assert len(calls) == 3  # step 2's validation again, then step 4's
+    with open(out / "losses.csv") as f:
+        scored = [(r["step"], float(r["val_fid_A2B"])) for r in csv.DictReader(f) if r["val_fid_A2B"]]
+    assert scored == [("2", 200.0), ("4", 300.0)]
+    state = load_checkpoint(out)
+    assert state["step"] == 4 and "validation_due" not in state and state["best"]["step"] == 2
+    assert CycleGAN.from_pretrained(out / "best").info["best"]["step"] == 2
 
 
 def test_eval_every_needs_validation_images(dataroot, tmp_path):
