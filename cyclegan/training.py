@@ -525,8 +525,7 @@ class Training:
         try:
             with StopSignals() as stop:
                 if self.main and c.eval_every and t.validation_due:  # cut short by the stop before this resume
-                    self.validate_and_log(stop, bar, c.lr * lr_factor(t.step - 1, self.steps_per_epoch, c.epochs,
-                                                                      c.decay_epochs))
+                    self.validate_and_log(stop, bar, t.opt_G.param_groups[0]["lr"])  # the saved step's lr
                     if not t.validation_due:
                         self.save()
                 while t.step < self.total_steps and stop.name is None:
@@ -553,7 +552,8 @@ class Training:
                         if last or stop.name is not None:
                             break
                 if stop.name is not None:
-                    self.save()
+                    if self.saved_step != t.step:  # a stop at a save (or cut-short validation) step: saved once
+                        self.save()
                     if self.main:
                         bar.write(f"{stop.name}: saved {self.output / 'checkpoint.pt'} at step {t.step}; "
                                   f"continue with --resume {self.output}", file=sys.stderr)
