@@ -282,12 +282,14 @@ def bench_training(device: torch.device, setups: list[tuple[int, int, int]], rep
     """The naive loop (float32, contiguous) against train_step with its defaults and, on CUDA, fp32
     and torch.compile beside the default bf16; on the CPU, where fp32 is the default, --amp bf16 where
     the CPU has it natively (emulated it is ~25x slower: 38 s a step at 128 px on a Zen 3, so left out)."""
-    extra = {"train_step --amp bf16": TrainConfig(amp="bf16")} if device.type == "cpu" else {
-        "train_step --amp none (fp32)": TrainConfig(amp="none"),
-        "train_step + torch.compile": TrainConfig(compile=True)}
-    if simulated_bf16(device):
+    if device.type == "cuda":
+        extra = {"train_step --amp none (fp32)": TrainConfig(amp="none"),
+                 "train_step + torch.compile": TrainConfig(compile=True)}
+    elif simulated_bf16(device):
         extra = {}
         print("(train_step --amp bf16 left out: this CPU has no native bf16)")
+    else:
+        extra = {"train_step --amp bf16": TrainConfig(amp="bf16")}
     row = table("Training, batch 1 (s/step min / median; images/s counts A and B; projection: 200 epochs of "
                 "1334 steps):", ["config", "loop", "s/step", "images/s", "speed-up vs naive", "200 epochs"])
     rows = []
