@@ -1,5 +1,6 @@
 """Export one generator of a model folder (or Hub repo) to ONNX, for any batch size and image size:
-`python -m cyclegan.export_onnx weights/horse2zebra --out horse2zebra_A2B.onnx` (`--fp16-weights`: half the size)."""
+`python -m cyclegan.export_onnx weights/horse2zebra-identity --out horse2zebra_A2B.onnx`
+(`--fp16-weights`: half the size)."""
 from __future__ import annotations
 
 import argparse

@@ -71,7 +71,8 @@ class LossLog:
                     ax.plot(*zip(*points), label=name, marker="o" if title == "validation FID" else None)
             ax.set_title(title)
             ax.set_xlabel("step")
-            ax.legend()
+            if ax.lines:  # a run resumed into a due validation has scores before any losses
+                ax.legend()
             ax.grid(alpha=0.3)
         fig.tight_layout()
         write_atomic(self.path.with_name("losses.png"), lambda f: fig.savefig(f, format="png", dpi=80))

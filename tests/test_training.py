@@ -119,7 +119,27 @@ def test_amp_auto_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
     trainer = Trainer(TrainConfig(amp="auto"), TINY)
     assert trainer.amp_dtype == torch.bfloat16 and trainer.precision == "bf16 autocast"
+    assert Trainer(TrainConfig(amp="bf16"), TINY).precision == "bf16 autocast"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)  # --amp bf16 asked for anyway: said so
+    trainer = Trainer(TrainConfig(amp="bf16"), TINY)
+    assert trainer.amp_dtype == torch.bfloat16 and "emulated" in trainer.precision
     assert Trainer(TrainConfig(amp="none"), TINY).amp_dtype is None  # "none" stays fp32 on any CPU
+
+
+def test_the_loss_plot_of_a_log_with_scores_before_losses(tmp_path):
+    """A run resumed into a due validation logs scores before any losses: the plot is still drawn, and
+    without matplotlib's "no artists with labels" warning in the middle of the progress bar."""
+    import warnings
+
+    from cyclegan.runlog import LossLog
+    log = LossLog(tmp_path, resume_step=0)
+    log.write(2, 0.5, {"val_fid_A2B": 250.0, "val_fid_B2A": 240.0}, lr=2e-4, seconds=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log.plot()
+    with open(tmp_path / "losses.csv", newline="") as f:
+        assert [r["val_fid_A2B"] for r in csv.DictReader(f)] == ["250.00000"]
+    assert (tmp_path / "losses.png").stat().st_size > 1000
 
 
 def test_ema_is_the_moving_average_of_the_generators():
