@@ -196,6 +196,8 @@ def resolve_files(source: str | os.PathLike, revision: str | None = None,
     source = str(source)
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"{source}: not a model folder and not a Hub repo id (user/name)")
+    if path.parent.name and path.parent.is_dir():  # "weights/typo" is a mistyped path, not Hub user "weights"
+        raise FileNotFoundError(f"{source}: no such model folder in {path.parent}/ (not looked up on the Hub)")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)

@@ -191,6 +191,16 @@ def test_from_pretrained_unknown_repo_is_a_one_line_error(hub):
     assert "\n" not in str(e.value)
 
 
+def test_a_mistyped_local_folder_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """"weights/typo" where weights/ is a local folder: a one-line error at once, no Hub requests."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens: must not be asked
+    with pytest.raises(FileNotFoundError, match=r"^weights/typo: no such model folder in weights/") as e:
+        CycleGAN.from_pretrained("weights/typo")
+    assert "\n" not in str(e.value)
+
+
 def test_from_pretrained_without_server_or_cache_suggests_a_local_folder(monkeypatch, tmp_path):
     use_endpoint(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}")
     # huggingface_hub retries a refused connection with backoff (about 20 s of sleeps): skip the waits.
