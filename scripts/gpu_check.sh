@@ -24,9 +24,10 @@
 set -u -o pipefail
 shopt -s nullglob
 
+case "${1:-}" in -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;; esac
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
-if [ $# -ne 1 ]; then echo "usage: $0 [--dry-run] OUT_DIR" >&2; exit 2; fi
+if [ $# -ne 1 ] || [ "${1#-}" != "$1" ]; then echo "usage: $0 [--dry-run] OUT_DIR  (--help: what it does)" >&2; exit 2; fi
 START=$(date +%s)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$1" && OUT=$(cd "$1" && pwd) || exit 2

@@ -98,3 +98,13 @@ def test_gpu_check_dry_run(tmp_path):
         assert {f"{name}/losses.csv", f"{name}/model/config.json", f"{name}/samples/step_0000002.png"} <= set(names)
     with tarfile.open(out / "logs.tar.gz") as tar:
         assert {"logs/tests.log", "logs/bench.log", "logs/train-identity.log", "logs/steps.tsv"} <= set(tar.getnames())
+
+
+def test_gpu_check_help_and_usage(tmp_path):
+    """--help prints what the script does; a flag it does not know is a usage error, not an OUT_DIR."""
+    script = str(ROOT / "scripts" / "gpu_check.sh")
+    shown = subprocess.run(["bash", script, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "OUT_DIR" in shown.stdout and "GPU_CHECK_SECONDS" in shown.stdout
+    wrong = subprocess.run(["bash", script, "--dryrun"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("usage:")
+    assert list(tmp_path.iterdir()) == []  # nothing created
