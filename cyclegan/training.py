@@ -125,15 +125,16 @@ class Trainer:
         if cuda:
             self.model.to(memory_format=torch.channels_last)
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        cpu = self.device.type == "cpu"
+        cpu_bf16 = cpu and cpu_has_native_bf16()
         amp = config.amp
         if amp == "auto":
-            native = torch.cuda.is_bf16_supported() if cuda else self.device.type == "cpu" and cpu_has_native_bf16()
-            amp = "bf16" if native else "none"
+            amp = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_bf16) else "none"
         if amp == "fp16" and not cuda:
             raise ValueError(f"--amp fp16 needs a CUDA device (training on {self.device}); use --amp bf16 or none")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "none": "fp32"}[amp]
-        if amp == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+        if amp == "bf16" and cpu and not cpu_bf16:
             self.precision += " emulated in software (no AVX512-BF16 or AMX: ~25x slower than fp32 here)"
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
