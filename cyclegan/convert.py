@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cli import prog
 from .datasets import DATASET_PAIR
 from .files import download, one_line
 from .model import CycleGAN, ModelConfig
@@ -129,7 +130,7 @@ def convert(a2b: str | os.PathLike, b2a: str | os.PathLike, domains: tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan.convert", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("python -m cyclegan.convert"), description=__doc__)
     parser.add_argument("--a2b", help="generator A->B (their latest_net_G_A.pth, or e.g. horse2zebra.pth)")
     parser.add_argument("--b2a", help="generator B->A (their latest_net_G_B.pth, or e.g. zebra2horse.pth)")
     parser.add_argument("--name", help="download a published pair instead, e.g. horse2zebra (and zebra2horse)")

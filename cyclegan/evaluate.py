@@ -18,6 +18,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+from .cli import prog
 from .data import list_images, load_rgb, to_tensor
 from .files import one_line
 from .inference import run_padded
@@ -218,7 +219,7 @@ def format_table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan.evaluate", description=__doc__, epilog=EPILOG,
+    parser = argparse.ArgumentParser(prog=prog("python -m cyclegan.evaluate"), description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or Hugging Face Hub repo id")
     parser.add_argument("--dataroot", required=True, help="dataset folder with testA/ and testB/")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cli import prog
 from .files import one_line, write_atomic
 from .model import DIRECTIONS, CycleGAN
 
@@ -86,7 +87,7 @@ def half_weights(path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan.export_onnx", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("python -m cyclegan.export_onnx"), description=__doc__)
     parser.add_argument("source", help="model folder or Hub repo id")
     parser.add_argument("--out", required=True, help="ONNX file to write, e.g. model_A2B.onnx")
     parser.add_argument("--direction", choices=DIRECTIONS, default="A2B")

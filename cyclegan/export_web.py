@@ -15,11 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cli import prog
 from .export_onnx import export, half_weights
 from .files import move_into_place, one_line, write_atomic
 from .model import CycleGAN
 
-WEB = Path(__file__).resolve().parents[1] / "web"  # index.html, page.js, package.json, package-lock.json
+WEB = Path(__file__).resolve().parent / "web"  # index.html, page.js, package.json, package-lock.json (in the wheel too)
 PAGE_FILES = ("index.html", "page.js")
 # ONNX Runtime Web's files for each backend: the loader and the WASM binary it imports from beside itself.
 RUNTIME = {"wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
@@ -141,7 +142,7 @@ def export_web(sources: list[str], out: str | os.PathLike, fp16: bool = True, we
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan.export_web", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("python -m cyclegan.export_web"), description=__doc__)
     parser.add_argument("sources", nargs="+", metavar="MODEL",
                         help="model folder or Hub repo id; with two (with and without identity loss) the page "
                              "offers the identity-loss toggle")

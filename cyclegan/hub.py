@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli import prog
 from .files import one_line, write_atomic
 from .model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CycleGAN, model_card, resolve_files
 
@@ -47,7 +48,7 @@ def pull(repo_id: str, out: str, revision: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cyclegan.hub", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("python -m cyclegan.hub"), description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("push", help="upload a model folder (token from `hf auth login` or HF_TOKEN)")
     p.add_argument("folder", help=f"model folder with {CONFIG_NAME} and {WEIGHTS_NAME}")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli import missing_extra, prog
 from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .files import move_into_place, one_line, write_atomic
 from .inference import PRECISIONS
@@ -151,7 +152,7 @@ def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, 
 def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
-    parser = argparse.ArgumentParser(prog="python -m cyclegan.translate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("python -m cyclegan.translate"), description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, videos, or folders (read recursively)")
     parser.add_argument("--model", required=True,
                         help="model folder, Hub repo id, or authors:NAME (e.g. authors:horse2zebra)")
@@ -163,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         jobs = plan(args.inputs, args.out)
+        if any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs):
+            if message := missing_extra("video", ["av"]):  # before any work, not at the first video
+                print(f"{parser.prog}: {message}", file=sys.stderr)
+                return 1
         model = load_model(args.model, device=args.device)
     except (OSError, ValueError) as e:  # DownloadError is an OSError
         print(f"error: {one_line(e)}", file=sys.stderr)
