@@ -80,7 +80,7 @@ async function loadRuntime() {
   ort.env.wasm.proxy = !gpu;  // WASM in a worker: the page stays responsive during a translation of seconds
   const where = gpu ? 'WebGPU' : `WASM on the CPU, ${threads} thread${threads > 1 ? 's' : ''}`;
   $('backend').textContent = `Runs on ${where} (${manifest.runtime}).` + (crossOriginIsolated || gpu ? '' :
-    ' More threads need a cross-origin isolated page: serve it with the COOP/COEP headers that cyclegan-kit's docs/app.md shows.');
+    ' More threads need a cross-origin isolated page: serve it with the COOP/COEP headers shown in docs/app.md of cyclegan-kit.');
   document.body.dataset.backend = backend;
   document.body.dataset.threads = String(threads);
 }
