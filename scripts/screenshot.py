@@ -35,9 +35,10 @@ PHONE, LAPTOP = (412, 915), (1366, 768)
 
 
 @contextlib.contextmanager
-def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
-    """`python app.py` on a free 127.0.0.1 port without network use (bundled weights, no Hub calls, no
-    analytics), with extra environment variables `env`; yields its URL and stops it afterwards."""
+def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", **env: str) -> Iterator[str]:
+    """`python app.py` (or another Gradio `script`) on a free 127.0.0.1 port without network use (bundled
+    weights, no Hub calls, no analytics), with extra environment variables `env`; yields its URL and stops
+    it afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -48,7 +49,7 @@ def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
             full_env.pop(name, None)
     # The log goes to a file: an unread pipe would fill up and block the server.
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log,
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -61,7 +62,7 @@ def serve_app(startup_timeout: float = 180, **env: str) -> Iterator[str]:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         log.seek(0)
                         state = "exited" if proc.poll() is not None else f"did not start in {startup_timeout:.0f} s"
-                        raise RuntimeError(f"app.py {state}:\n{log.read()[-3000:]}") from None
+                        raise RuntimeError(f"{Path(script).name} {state}:\n{log.read()[-3000:]}") from None
                     time.sleep(0.5)
             yield url
         finally:

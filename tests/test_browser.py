@@ -1,5 +1,6 @@
 """The app in a real browser: headless Chromium uploads a picture and translates it with both checkpoints,
-checks the first screen of a phone and clicks an example there, checks that the slider shows all of x and G(x)
+checks the first screen of a phone and clicks an example there, checks that the result is on the screen after
+a click on an example or on Translate (on a laptop and on a phone), that the slider shows all of x and G(x)
 (fitted, aligned, draggable), and translates a video that then plays;
 screenshots go to test-artifacts/. Skipped without Chromium, except in CI (CI=...)."""
 from contextlib import suppress
@@ -90,6 +91,37 @@ def test_phone_first_screen_holds_the_controls_and_examples_and_an_example_trans
     assert set(results) == set(OUTPUTS)
     assert summary(browser).startswith("zebra → horse") and "horse2zebra-identity" in summary(browser)
     save_page(browser, ARTIFACTS / "browser-phone-example.png")
+
+
+# Where an element is on the screen (CSS pixels of the viewport), and the viewport's size.
+IN_VIEW = """
+const b = arguments[0].getBoundingClientRect();
+return {left: b.left, top: b.top, right: b.right, bottom: b.bottom, width: window.innerWidth, height: window.innerHeight};
+"""
+
+
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_the_result_is_on_the_screen_after_an_example_and_after_translate(server, browser, picture, viewport):
+    """Once the results sat below the first screen of a laptop (only their top ~110 px showed). On a laptop
+    the result is beside the input; on a phone, where it is below the examples, a click scrolls to it."""
+    emulate(browser, *viewport)
+    open_page(browser, server)
+    for how in ("example", "translate"):
+        if how == "example":
+            translate(browser, click=WebDriverWait(browser, 30).until(lambda d: examples(d))[0])
+        else:
+            open_and_upload(browser, server, picture, "horse → zebra")
+            translate(browser)
+        browser.save_screenshot(str(ARTIFACTS / f"browser-in-view-{how}-{viewport[0]}.png"))  # what the visitor sees
+        slider = block(browser, OUTPUTS[0])
+        for element in (slider, *slider.find_elements(By.CSS_SELECTOR, "img[data-testid=imageslider-image]")):
+            box = browser.execute_script(IN_VIEW, element)
+            assert (box["left"] >= -1 and box["top"] >= -1 and box["right"] <= box["width"] + 1
+                    and box["bottom"] <= box["height"] + 1), (how, element.tag_name, box)  # to a pixel
+        if viewport == LAPTOP:  # beside the input, F(G(x)) too, without any scrolling
+            assert browser.execute_script("return window.scrollY") == 0
+            box = browser.execute_script(IN_VIEW, block(browser, OUTPUTS[1]))
+            assert box["bottom"] <= box["height"] and box["right"] <= box["width"], box
 
 
 def test_a_video_is_translated_and_plays(server, browser, tmp_path):
