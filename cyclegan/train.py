@@ -17,6 +17,7 @@ from .datasets import domains_from_name
 from .model import ModelConfig
 from .training import TrainConfig, load_checkpoint, train
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog(None), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
