@@ -223,3 +223,19 @@ def test_the_checks_see_what_they_check():
     assert [m.group(2) for m in PATH.finditer("see `weights/horse2zebra-identity` --out weights/new docs/a.md.")] == [
         "weights/horse2zebra-identity", "weights/new", "docs/a.md."]
     assert slug("Translate in the visitor's browser") == "translate-in-the-visitors-browser"
+
+
+def test_the_readme_stays_a_front_door():
+    """At most 200 lines and 1,800 words, Space front matter included; set-up first (with the CPU-only torch
+    line), then translating an image; the Space's gradio the one requirements.txt pins."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200 and len(text.split()) <= 1800, (len(text.splitlines()), len(text.split()))
+    front = text.split("\n---\n", 1)[0]
+    assert front.startswith("---\n") and "\napp_file: app.py\n" in front and "\nsdk: gradio\n" in front
+    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
+    assert f"\nsdk_version: {pinned.removeprefix('gradio==')}\n" in front, "the Space's gradio is not the pinned one"
+    headings = re.findall(r"(?m)^## (.+)$", text)
+    assert headings[0].startswith("Set-up") and headings[1].startswith("Translate"), headings
+    setup = text.split("## " + headings[0])[1].split("## ")[0]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in setup and "pip install -r requirements.txt" in setup
+    assert "python -m cyclegan.translate --model weights/" in text.split("## " + headings[2])[0]
