@@ -1,13 +1,19 @@
 """What benchmarks/bench.py (and tests/test_perf.py) measure the package against: bf16 autocast
-simulated at float32 speed for CPUs that emulate bf16, and Trainer.train_step's maths written plainly."""
+simulated at float32 speed for CPUs that emulate bf16, Trainer.train_step's maths written plainly, and an
+independent plain training loop (PlainLoop) for bench.py --profile."""
 from __future__ import annotations
 
+import random
+
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from cyclegan.losses import adversarial_loss, cycle_loss, discriminator_loss, identity_loss
 from cyclegan.inference import cpu_has_native_bf16, run_any_size
+from cyclegan.model import ModelConfig
+from cyclegan.networks import Discriminator, Generator, init_weights
 from cyclegan.training import Trainer
 
 
@@ -70,3 +76,72 @@ def naive_train_step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> dict[s
     trainer.opt_D.step()
     trainer.step += 1
     return {k: v.detach() for k, v in losses.items()}
+
+
+class PlainLoop:
+    """A CycleGAN training step written independently of Trainer, the way the authors' code runs it,
+    for bench.py --profile to measure Trainer's host overhead against: its own networks, torch's
+    default Adam, image pools drawn with Python's `random`, six generator calls, the
+    discriminators' real and fake images in separate calls, float32. It shares nothing with
+    Trainer but the network classes (with torch's
+    own InstanceNorm2d put back) and the loss functions."""
+
+    def __init__(self, config: ModelConfig, device: torch.device, lambda_cycle: float = 10.0,
+                 lambda_identity: float = 0.5, pool_size: int = 50, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.lambda_cycle, self.lambda_identity, self.pool_size = lambda_cycle, lambda_identity, pool_size
+        self.G_AB, self.G_BA = (Generator(config.ngf, config.n_blocks).to(device) for _ in range(2))
+        self.D_A, self.D_B = (Discriminator(config.ndf, config.n_layers).to(device) for _ in range(2))
+        for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
+            init_weights(net)
+            for module in list(net.modules()):  # torch's own instance norm, as in the authors' networks
+                for name, child in module.named_children():
+                    if isinstance(child, nn.InstanceNorm2d):
+                        setattr(module, name, nn.InstanceNorm2d(child.num_features, affine=child.affine))
+        betas = (0.5, 0.999)
+        self.opt_G = torch.optim.Adam([*self.G_AB.parameters(), *self.G_BA.parameters()], lr=2e-4, betas=betas)
+        self.opt_D = torch.optim.Adam([*self.D_A.parameters(), *self.D_B.parameters()], lr=2e-4, betas=betas)
+        self.pools: dict[str, list[torch.Tensor]] = {"A": [], "B": []}
+        self.random = random.Random(seed)
+
+    def query(self, domain: str, images: torch.Tensor) -> torch.Tensor:
+        pool, out = self.pools[domain], []
+        for image in images:
+            image = image[None]
+            if len(pool) < self.pool_size:
+                pool.append(image)
+                out.append(image)
+            elif self.random.uniform(0, 1) > 0.5:
+                i = self.random.randint(0, self.pool_size - 1)
+                out.append(pool[i].clone())
+                pool[i] = image
+            else:
+                out.append(image)
+        return torch.cat(out)
+
+    def step(self, real_A: torch.Tensor, real_B: torch.Tensor, lr: float = 2e-4) -> dict[str, torch.Tensor]:
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        for D in (self.D_A, self.D_B):
+            D.requires_grad_(False)
+        self.opt_G.zero_grad()
+        fake_B, fake_A = self.G_AB(real_A), self.G_BA(real_B)
+        rec_A, rec_B = self.G_BA(fake_B), self.G_AB(fake_A)
+        idt_B, idt_A = self.G_AB(real_B), self.G_BA(real_A)
+        weight = self.lambda_cycle * self.lambda_identity
+        losses = {"G_AB": adversarial_loss(self.D_B(fake_B), True), "G_BA": adversarial_loss(self.D_A(fake_A), True),
+                  "cycle_A": self.lambda_cycle * cycle_loss(real_A, rec_A),
+                  "cycle_B": self.lambda_cycle * cycle_loss(real_B, rec_B),
+                  "idt_A": weight * identity_loss(real_A, idt_A), "idt_B": weight * identity_loss(real_B, idt_B)}
+        sum(losses.values()).backward()
+        self.opt_G.step()
+        for D in (self.D_A, self.D_B):
+            D.requires_grad_(True)
+        self.opt_D.zero_grad()
+        pooled_A, pooled_B = self.query("A", fake_A.detach()), self.query("B", fake_B.detach())
+        losses["D_A"] = discriminator_loss(self.D_A(real_A), self.D_A(pooled_A))
+        losses["D_B"] = discriminator_loss(self.D_B(real_B), self.D_B(pooled_B))
+        (losses["D_A"] + losses["D_B"]).backward()
+        self.opt_D.step()
+        return {k: v.detach() for k, v in losses.items()}

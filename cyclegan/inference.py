@@ -2,6 +2,10 @@
 in overlapping tiles (or downscaled) when large, in the precision the hardware runs fastest."""
 from __future__ import annotations
 
+import copy
+import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,10 +28,77 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What "auto" picked on the CPU for one network, and the timings it was picked on (None where
+    bf16 was not timed: a CPU without bf16 in hardware emulates it, tens of times slower)."""
+
+    dtype: torch.dtype | None  # None: float32
+    fp32_ms: float | None = None
+    bf16_ms: float | None = None
+    training: bool = False  # timed forward and backward
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def __str__(self) -> str:
+        if self.bf16_ms is None:
+            return "fp32 (this CPU has no bf16 in hardware)"
+        return (f"{self.name} (measured at {MEASURE_SIZE} px: fp32 {self.fp32_ms:.0f} ms, "
+                f"bf16 {self.bf16_ms:.0f} ms a {'training step' if self.training else 'call'})")
+
+
+MEASURE_SIZE = 128  # px: enough to rank the two precisions, a fraction of a second to time
+BF16_MARGIN = 0.9  # bf16 only when it takes at most this fraction of float32's time; a tie is float32
+_choices: dict[tuple, PrecisionChoice] = {}
+
+
+def time_precisions(net: nn.Module, training: bool = False, size: int = MEASURE_SIZE,
+                    repeats: int = 2) -> tuple[float, float]:
+    """Seconds per call of a copy of `net` (forward, or forward and backward when `training`) on one
+    `size`-px image in float32 and in bf16 autocast: the best of `repeats` interleaved rounds after
+    one warm-up each. Leaves `net` and the global random state untouched."""
+    net = copy.deepcopy(net).train(training).requires_grad_(training)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def run(dtype: torch.dtype | None) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode(not training), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            y = net(x)
+        if training:
+            y.float().mean().backward()
+        return time.perf_counter() - start
+
+    best = {None: math.inf, torch.bfloat16: math.inf}
+    for round_ in range(repeats + 1):
+        for dtype in best:
+            seconds = run(dtype)
+            if round_ > 0:  # the first round is the warm-up (oneDNN builds its kernels)
+                best[dtype] = min(best[dtype], seconds)
+    return best[None], best[torch.bfloat16]
+
+
+def cpu_precision(net: nn.Module, training: bool = False) -> PrecisionChoice:
+    """"auto" on the CPU for `net`: bf16 only where it is measured faster than float32 here (CPU flags
+    do not predict it: AVX512-BF16 without AMX ran bf16 at 0.7x of float32). Timed once per process
+    for each network shape and thread count; float32 at once where bf16 would be emulated."""
+    key = (training, torch.get_num_threads(), tuple((n, tuple(p.shape)) for n, p in net.named_parameters()))
+    if key not in _choices:
+        if not cpu_has_native_bf16():
+            _choices[key] = PrecisionChoice(None, training=training)
+        else:
+            fp32, bf16 = time_precisions(net, training)
+            dtype = torch.bfloat16 if bf16 <= BF16_MARGIN * fp32 else None
+            _choices[key] = PrecisionChoice(dtype, fp32 * 1000, bf16 * 1000, training)
+    return _choices[key]
+
+
+def autocast_dtype(precision: str, device: torch.device | str, net: nn.Module | None = None) -> torch.dtype | None:
     """The half-precision type inference on `device` runs in for `precision`, or None for float32.
-    "auto": bf16 on a CPU that has it in hardware, bf16 (fp16 where bf16 is missing) on CUDA, float32
-    elsewhere; "bf16" asks for it anywhere (slow where the CPU emulates it); "fp32" turns it off."""
+    "auto": on the CPU, bf16 where `cpu_precision(net)` measured it faster (float32 without a `net`);
+    bf16 (fp16 where bf16 is missing) on CUDA; float32 elsewhere. "bf16" asks for it anywhere (slow
+    where the CPU emulates it); "fp32" turns it off."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose {', '.join(map(repr, PRECISIONS))}")
     kind = torch.device(device).type
@@ -35,7 +106,9 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         return None
     if kind == "cuda":
         return torch.bfloat16 if precision == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" or cpu_has_native_bf16() else None
+    if precision == "bf16":
+        return torch.bfloat16
+    return cpu_precision(net).dtype if net is not None else None
 
 
 @torch.inference_mode()
@@ -44,7 +117,7 @@ def run_any_size(net: nn.Module, x: torch.Tensor, max_side: int | None = 1024, l
     """`net` (a generator) on one image (1, 3, H, W) in [-1, 1] of any size, as translate() runs it:
     padded, or tiled or downscaled above `max_side`, in the arithmetic `precision` picks for the
     image's device (see `autocast_dtype`). Returns float32 of the input's size."""
-    dtype = autocast_dtype(precision, x.device)
+    dtype = autocast_dtype(precision, x.device, net)
     if dtype is not None:
         net = _autocast(net, x.device.type, dtype)
     h, w = x.shape[-2:]

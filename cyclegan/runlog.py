@@ -21,7 +21,7 @@ class LossLog:
 
     def __init__(self, directory: Path, resume_step: int) -> None:
         self.path = directory / "losses.csv"
-        self.columns = ["step", "epoch", *LOSS_NAMES, "lr", "seconds", *SCORE_NAMES]
+        self.columns = ["step", "epoch", *LOSS_NAMES, "lr", "seconds", "skipped_steps", *SCORE_NAMES]
         rows = []
         if self.path.exists() and resume_step > 0:  # drop rows written after the checkpoint we resume
             with open(self.path, newline="") as f:
@@ -37,9 +37,10 @@ class LossLog:
             self.tensorboard = None
 
     def write(self, step: int, epoch: float, values: dict[str, float], lr: float, seconds: float) -> None:
-        """A row of loss terms or of validation scores (names from LOSS_NAMES or SCORE_NAMES)."""
+        """A row of loss terms (LOSS_NAMES, and the run's count of skipped non-finite steps) or of
+        validation scores (SCORE_NAMES)."""
         row = {"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.6g}", "seconds": f"{seconds:.1f}"}
-        row.update({k: f"{v:.5f}" for k, v in values.items()})
+        row.update({k: f"{v:.0f}" if k == "skipped_steps" else f"{v:.5f}" for k, v in values.items()})
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.columns, restval="").writerow(row)
         if self.tensorboard is not None:

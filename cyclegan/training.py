@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from .data import PREPROCESS, EpochSampler, UnpairedDataset
 from .datasets import DATASETS_URL, download_dataset
 from .files import one_line, write_atomic
-from .inference import cpu_has_native_bf16
+from . import inference
 from .losses import ImagePool, adversarial_loss, cycle_loss, discriminator_loss, identity_loss
 from .model import DIRECTIONS, CycleGAN, ModelConfig
 from .runlog import LossLog, sample_images, save_samples, write_validation_list
@@ -110,33 +110,70 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def make_adam(params, config: TrainConfig) -> tuple[torch.optim.Adam, bool]:
+    """Adam as the recipe sets it: fused where torch has it for the parameters' device (one kernel
+    for all of them, and the `found_inf` input that skips a step on the device); otherwise torch's
+    default. Returns the optimiser and whether it is fused."""
+    params, betas = list(params), (config.beta1, config.beta2)
+    try:
+        return torch.optim.Adam(params, lr=config.lr, betas=betas, fused=True), True
+    except (RuntimeError, ValueError):  # torch < 2.4 on the CPU, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=config.lr, betas=betas), False
+
+
+def choose_amp(config: TrainConfig, device: torch.device, G: torch.nn.Module, recorded: str | None = None,
+               distributed: bool = False) -> tuple[str, str]:
+    """--amp as "none", "bf16" or "fp16", and how it was chosen, for the start-up line. "auto": bf16 on
+    CUDA where supported; on the CPU bf16 only where a short timing of this generator's training
+    step measured it faster (inference.cpu_precision), else fp32. A resumed run keeps the choice its
+    checkpoint recorded, and under DDP every rank takes rank 0's."""
+    amp = config.amp
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"--amp fp16 needs a CUDA device (training on {device}); use --amp bf16 or none")
+    if amp != "auto":
+        how = ""
+        if amp == "bf16" and device.type == "cpu" and not inference.cpu_has_native_bf16():
+            how = " emulated in software (no AVX512-BF16 or AMX: ~25x slower than fp32 here)"
+        return amp, how
+    if recorded in ("none", "bf16", "fp16"):
+        return recorded, " (auto: the choice recorded in the checkpoint)"
+    if device.type == "cuda":
+        amp, how = ("bf16" if torch.cuda.is_bf16_supported() else "none"), " (auto)"
+    elif device.type == "cpu":
+        choice = inference.cpu_precision(G, training=True)
+        amp, how = ("bf16" if choice.dtype is not None else "none"), f" (auto: {choice})"
+    else:
+        amp, how = "none", " (auto)"
+    if distributed:
+        chosen = [amp, how]
+        dist.broadcast_object_list(chosen, src=0)
+        amp, how = chosen
+    return amp, how
+
+
 class Trainer:
     """Holds the networks, optimisers and pools, and performs `train_step`s.
 
     `G_AB`/`G_BA`/`D_A`/`D_B` are what is called in the step: the model's own networks, or their
     DDP/compiled wrappers; `self.model` always holds the plain modules whose state is saved.
+
+    A step never waits for the device: a non-finite loss skips its update on the device (fused
+    Adam's `found_inf`), and the losses and the count of skipped steps accumulate there until
+    `read_losses` and `check_finite` read them, once per logging window.
     """
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig, device: torch.device | str = "cpu",
-                 distributed: bool = False) -> None:
+                 distributed: bool = False, recorded_amp: str | None = None) -> None:
         self.config, self.device = config, torch.device(device)
         self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
         cuda = self.device.type == "cuda"
         if cuda:
             self.model.to(memory_format=torch.channels_last)
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
-        cpu = self.device.type == "cpu"
-        cpu_bf16 = cpu and cpu_has_native_bf16()
-        amp = config.amp
-        if amp == "auto":
-            amp = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_bf16) else "none"
-        if amp == "fp16" and not cuda:
-            raise ValueError(f"--amp fp16 needs a CUDA device (training on {self.device}); use --amp bf16 or none")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "none": "fp32"}[amp]
-        if amp == "bf16" and cpu and not cpu_bf16:
-            self.precision += " emulated in software (no AVX512-BF16 or AMX: ~25x slower than fp32 here)"
-        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self.amp, how = choose_amp(config, self.device, self.model.G_AB, recorded_amp, distributed)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        self.precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "none": "fp32"}[self.amp] + how
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
 
         m = self.model
         self.G_AB, self.G_BA, self.D_A, self.D_B = m.G_AB, m.G_BA, m.D_A, m.D_B
@@ -147,11 +184,10 @@ class Trainer:
             ids = [self.device.index] if cuda else None
             self.G_AB, self.G_BA, self.D_A, self.D_B = (DDP(n, device_ids=ids) for n in
                                                         (self.G_AB, self.G_BA, self.D_A, self.D_B))
-        betas = (config.beta1, config.beta2)
-        self.opt_G = torch.optim.Adam([*m.G_AB.parameters(), *m.G_BA.parameters()], lr=config.lr, betas=betas)
-        self.opt_D = torch.optim.Adam([*m.D_A.parameters(), *m.D_B.parameters()], lr=config.lr, betas=betas)
-        self.pool_A = ImagePool(config.pool_size, seed=config.seed + 1)
-        self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2)
+        self.opt_G, self.fused = make_adam([*m.G_AB.parameters(), *m.G_BA.parameters()], config)
+        self.opt_D, _ = make_adam([*m.D_A.parameters(), *m.D_B.parameters()], config)
+        self.pool_A = ImagePool(config.pool_size, seed=config.seed + 1, device=self.device)
+        self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2, device=self.device)
         self.ema = None
         if config.ema_decay > 0:
             self.ema = CycleGAN(model_config).to(self.device).requires_grad_(False).eval()
@@ -160,6 +196,17 @@ class Trainer:
         self.validation_due = False  # this step's validation was cut short by a stop; run it on resume
         self.step = 0
         self.seconds = 0.0  # training time up to the last save, summed over resumed runs
+        self._reset_counters(skipped=0)
+
+    def _reset_counters(self, skipped: int) -> None:
+        """The device-side tallies: loss sums and finite steps since the last read; skipped steps in all,
+        and (step, 1 generator / 2 discriminator, loss) of the first non-finite loss since the last check."""
+        zeros = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        self.loss_sums: dict[str, torch.Tensor] = {}
+        self.finite_steps = zeros()
+        self.skipped = zeros() + skipped
+        self.first_bad = torch.tensor([-1.0, 0.0, 0.0], device=self.device)
+        self.skipped_read = skipped
 
     def reset_ema(self) -> None:
         for name in ("G_AB", "G_BA"):
@@ -167,9 +214,9 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        for name in ("G_AB", "G_BA"):
-            for average, p in zip(getattr(self.ema, name).parameters(), getattr(self.model, name).parameters()):
-                average.lerp_(p, 1 - self.config.ema_decay)
+        average = [p for name in ("G_AB", "G_BA") for p in getattr(self.ema, name).parameters()]
+        current = [p for name in ("G_AB", "G_BA") for p in getattr(self.model, name).parameters()]
+        torch._foreach_lerp_(average, current, 1 - self.config.ema_decay)
 
     def set_lr(self, factor: float) -> float:
         lr = self.config.lr * factor
@@ -183,17 +230,24 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            opt.step()
-        else:
+    def _update(self, loss: torch.Tensor, opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+        """Backward and an optimiser step that leaves weights and optimiser state as they were when
+        `bad` (a device bool) is set: fused Adam skips on the device; an unfused one needs a read."""
+        if self.scaler is not None:  # its own found_inf: non-finite gradients skip the step
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
+        elif self.fused:
+            loss.backward()
+            opt.found_inf = bad.float()
+            opt.step()
+        else:
+            loss.backward()
+            if not bad.item():
+                opt.step()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One generator and one discriminator update. Returns the detached loss terms (tensors
-        on the device, so that the loop decides when to pay for a host sync)."""
+        on the device: the loop reads them, summed, once per logging window)."""
         c, m = self.config, self.model
         real_A = batch["A"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         real_B = batch["B"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -206,13 +260,15 @@ class Trainer:
             D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         with self._autocast():
+            # Instance norm is per sample, so the calls of one generator share a batch where they
+            # can: G_BA's fake, identity and reconstruction in one call, three calls in all.
             if use_identity:
-                # Instance norm is per sample, so G(x) and the identity G(y) can share one call.
                 fake_B, idt_B = self.G_AB(torch.cat([real_A, real_B])).split(n)
-                fake_A, idt_A = self.G_BA(torch.cat([real_B, real_A])).split(n)
+                fake_A, idt_A, rec_A = self.G_BA(torch.cat([real_B, real_A, fake_B])).split(n)
             else:
-                fake_B, fake_A = self.G_AB(real_A), self.G_BA(real_B)
-            rec_A, rec_B = self.G_BA(fake_B), self.G_AB(fake_A)
+                fake_B = self.G_AB(real_A)
+                fake_A, rec_A = self.G_BA(torch.cat([real_B, fake_B])).split(n)
+            rec_B = self.G_AB(fake_A)
             losses = {
                 "G_AB": adversarial_loss(m.D_B(fake_B).float(), True),
                 "G_BA": adversarial_loss(m.D_A(fake_A).float(), True),
@@ -224,9 +280,8 @@ class Trainer:
                 losses["idt_A"] = weight * identity_loss(real_A, idt_A.float())
                 losses["idt_B"] = weight * identity_loss(real_B, idt_B.float())
             loss_G = sum(losses.values())
-        finite = self._check_finite(loss_G, "generator")
-        if finite:
-            self._backward_step(loss_G, self.opt_G)
+        bad_G = ~torch.isfinite(loss_G)
+        self._update(loss_G, self.opt_G, bad_G)
 
         # Discriminators, on real images and on fakes drawn from the pools.
         for D in (m.D_A, m.D_B):
@@ -240,23 +295,57 @@ class Trainer:
             losses["D_A"] = discriminator_loss(*pred_A.split([n, fake_A.shape[0]]))
             losses["D_B"] = discriminator_loss(*pred_B.split([n, fake_B.shape[0]]))
             loss_D = losses["D_A"] + losses["D_B"]
-        if finite and self._check_finite(loss_D, "discriminator"):
-            self._backward_step(loss_D, self.opt_D)
+        bad_D = ~torch.isfinite(loss_D)
+        self._update(loss_D, self.opt_D, bad_G | bad_D)
         if self.scaler is not None:
             self.scaler.update()
-        if self.ema is not None and finite:
+        if self.ema is not None:  # after a skipped step it moves towards the unchanged weights
             self.update_ema()
         self.step += 1
-        return {k: v.detach() for k, v in losses.items()}
+        losses = {k: v.detach() for k, v in losses.items()}
+        self._tally(losses, bad_G, bad_D, loss_G.detach(), loss_D.detach())
+        return losses
 
-    def _check_finite(self, loss: torch.Tensor, what: str) -> bool:
-        if torch.isfinite(loss).item():
-            return True
-        message = f"step {self.step + 1}: the {what} loss is {loss.item()}"
+    @torch.no_grad()
+    def _tally(self, losses: dict[str, torch.Tensor], bad_G: torch.Tensor, bad_D: torch.Tensor,
+               loss_G: torch.Tensor, loss_D: torch.Tensor) -> None:
+        bad = bad_G | bad_D
+        for k, v in losses.items():
+            self.loss_sums[k] = self.loss_sums.get(k, 0) + torch.where(bad, 0.0, v.float())
+        self.finite_steps += ~bad
+        self.skipped += bad
+        this = torch.stack([torch.full_like(self.finite_steps, self.step), torch.where(bad_G, 1.0, 2.0),
+                            torch.where(bad_G, loss_G.float(), loss_D.float())])
+        self.first_bad = torch.where(bad & (self.first_bad[0] < 0), this, self.first_bad)
+
+    def read_losses(self) -> dict[str, float]:
+        """The mean of each loss over the finite steps since the last read (one read of the device),
+        and "skipped_steps", the non-finite steps of the whole run; starts a new window."""
+        names = list(self.loss_sums)
+        values = torch.stack([*self.loss_sums.values(), self.finite_steps, self.skipped]).tolist()
+        *sums, finite, skipped = values
+        self.loss_sums, self.finite_steps = {}, torch.zeros((), device=self.device)
+        means = {k: s / finite for k, s in zip(names, sums)} if finite else {}
+        return {**means, "skipped_steps": skipped}
+
+    def check_finite(self) -> int:
+        """Read whether a loss was non-finite since the last check (one read of the device). Under
+        --on-nan stop that raises FloatingPointError naming the first such step (its update, and
+        those after it, were skipped: the weights are those before it); under skip, a warning.
+        Returns the steps skipped in the whole run."""
+        step, which, value, skipped = torch.cat([self.first_bad, self.skipped[None]]).tolist()
+        if step < 0:
+            return int(skipped)
+        what = "generator" if which == 1 else "discriminator"
+        message = f"step {int(step)}: the {what} loss is {value}"
         if self.config.on_nan == "stop":
-            raise FloatingPointError(message + " (stopping; --on-nan skip skips such steps instead)")
-        print(f"warning: {message}; skipping this step", file=sys.stderr)
-        return False
+            raise FloatingPointError(message + "; its update was skipped and training stops (--on-nan skip "
+                                     "skips such steps instead)")
+        print(f"warning: {message}; skipped {int(skipped) - self.skipped_read} such step(s) since the last "
+              f"check, {int(skipped)} in all", file=sys.stderr)
+        self.first_bad.fill_(-1.0)
+        self.skipped_read = int(skipped)
+        return int(skipped)
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -265,6 +354,8 @@ class Trainer:
         state = {
             "step": self.step,
             "seconds": self.seconds,
+            "amp": self.amp,
+            "skipped_steps": int(self.skipped.item()),
             "model_config": asdict(m.config),
             "train_config": asdict(self.config),
             **{name: getattr(m, name).state_dict() for name in ("G_AB", "G_BA", "D_A", "D_B")},
@@ -294,8 +385,16 @@ class Trainer:
             raise ValueError(f"{source}: model config differs from the checkpoint's ({'; '.join(diff)})")
         for name in ("G_AB", "G_BA", "D_A", "D_B"):
             getattr(self.model, name).load_state_dict(state[name])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        for opt, name in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            fused = opt.param_groups[0]["fused"]
+            opt.load_state_dict(state[name])
+            for group in opt.param_groups:  # a checkpoint from a run with(out) the fused kernel
+                group["fused"] = fused
+                group["foreach"] = None if fused else group.get("foreach")
+                for p in group["params"]:
+                    if "step" in opt.state.get(p, {}):  # the fused kernel keeps its step count beside the weights
+                        step = opt.state[p]["step"]
+                        opt.state[p]["step"] = step.to(p.device if fused else "cpu", torch.float32)
         self.pool_A.load_state_dict(state["pool_A"], self.device)
         self.pool_B.load_state_dict(state["pool_B"], self.device)
         torch.set_rng_state(state["rng_cpu"])
@@ -312,6 +411,7 @@ class Trainer:
         self.validation_due = bool(state.get("validation_due", False))
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
+        self._reset_counters(skipped=int(state.get("skipped_steps", 0)))
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -435,7 +535,8 @@ class Training:
         self.total_steps = (c.epochs + c.decay_epochs) * self.steps_per_epoch
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
-        self.trainer = Trainer(c, model_config, device, self.distributed)
+        self.trainer = Trainer(c, model_config, device, self.distributed,
+                               recorded_amp=resume_state.get("amp") if resume_state is not None else None)
         if resume_state is not None:
             self.trainer.load_state_dict(resume_state, source=c.resume)
         self.loader = DataLoader(self.dataset, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
@@ -522,8 +623,6 @@ class Training:
             print(f"training on {t.device} in {t.precision}; {self.steps_per_epoch} steps per epoch, "
                   f"{self.total_steps} in all", file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=t.step, disable=not self.main, dynamic_ncols=True, unit="step")
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
         t.model.train()
         try:
             with StopSignals() as stop:
@@ -537,18 +636,18 @@ class Training:
                     self.sampler.set_epoch(epoch, start=done_in_epoch * c.batch_size)
                     for batch in self.loader:
                         lr = t.set_lr(lr_factor(t.step, self.steps_per_epoch, c.epochs, c.decay_epochs))
-                        for k, v in t.train_step(batch).items():
-                            sums[k] = sums.get(k, 0) + v
-                        count += 1
+                        t.train_step(batch)  # nothing read back: the device runs ahead
                         bar.update(1)
                         step, last = t.step, t.step == self.total_steps
-                        if step % c.log_every == 0 or last:
-                            self.write_losses({k: float(v) / count for k, v in sums.items()}, lr, bar)
-                            sums, count = {}, 0
                         evaluated = self.main and c.eval_every and (step % c.eval_every == 0 or last)
+                        saving = evaluated or step % c.save_every == 0 or step % self.steps_per_epoch == 0 or last
+                        if step % c.log_every == 0 or saving:  # the only reads of the device
+                            t.check_finite()
+                        if step % c.log_every == 0 or last:
+                            self.write_losses(t.read_losses(), lr, bar)
                         if evaluated:
                             self.validate_and_log(stop, bar, lr)
-                        if evaluated or step % c.save_every == 0 or step % self.steps_per_epoch == 0 or last:
+                        if saving:
                             self.save()
                         if step % c.sample_every == 0 or last:
                             self.sample()
@@ -581,7 +680,10 @@ class Training:
         """The mean losses of the last logging window, into losses.csv and the progress bar."""
         if self.main:
             self.log.write(self.trainer.step, self.trainer.step / self.steps_per_epoch, means, lr, self.seconds())
-            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
+            shown = {k: f"{v:.3f}" for k, v in means.items() if k != "skipped_steps"}
+            if means.get("skipped_steps"):
+                shown["skipped"] = int(means["skipped_steps"])
+            bar.set_postfix(shown, refresh=False)
 
 
 def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> Path:

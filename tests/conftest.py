@@ -24,7 +24,8 @@ from cyclegan import CycleGAN, ModelConfig
 
 TINY = ModelConfig(ngf=8, ndf=8, n_blocks=2, n_layers=2, domain_A="horse", domain_B="zebra")
 TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--n-layers", "2", "--load-size", "36",
-              "--crop-size", "32", "--device", "cpu", "--workers", "0"]
+              "--crop-size", "32", "--device", "cpu", "--workers", "0", "--amp", "none"]
+# (--amp none: runs compared with each other must not depend on what "auto" measures on this CPU)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -180,3 +181,19 @@ def client(server):
     """A gradio_client of the session's app server (test_app.py, test_reliability.py)."""
     from gradio_client import Client
     return Client(server, verbose=False)
+
+
+def measured_precision(monkeypatch, fp32_s: float, bf16_s: float | None) -> list:
+    """Make precision "auto" on the CPU see these timings (seconds a call of float32 and of bf16;
+    bf16_s=None: a CPU without bf16 in hardware). Returns the list of the networks timed."""
+    import cyclegan.inference as inference
+    timed = []
+
+    def time_precisions(net, training=False, *args, **kwargs):
+        timed.append((type(net).__name__, training))
+        return fp32_s, bf16_s
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: bf16_s is not None)
+    monkeypatch.setattr(inference, "time_precisions", time_precisions)
+    monkeypatch.setattr(inference, "_choices", {})
+    return timed

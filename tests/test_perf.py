@@ -10,11 +10,12 @@ from PIL import Image
 import cyclegan.inference
 from benchmarks.reference import Bf16Rounding, naive_train_step
 from cyclegan import CycleGAN, ModelConfig
-from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, run_any_size, run_padded
+from cyclegan.inference import (autocast_dtype, cpu_has_native_bf16, cpu_precision, run_any_size, run_padded,
+                                time_precisions)
 from cyclegan.networks import Generator
 from cyclegan.training import Trainer, TrainConfig
 
-from .conftest import TINY, psnr
+from .conftest import TINY, measured_precision, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 PREVIEW = ROOT / "weights" / "horse2zebra-identity"
@@ -56,9 +57,10 @@ def conv_dtypes(net: torch.nn.Module) -> list:
     return seen
 
 
-@pytest.mark.parametrize("precision,native", [("fp32", False), ("bf16", False), ("auto", False), ("auto", True)])
-def test_each_precision_against_fp32(trained, precision, native, monkeypatch):
-    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: native)
+@pytest.mark.parametrize("precision,bf16_s", [("fp32", None), ("bf16", None), ("auto", None), ("auto", 1.2),
+                                              ("auto", 0.5)])
+def test_each_precision_against_fp32(trained, precision, bf16_s, monkeypatch):
+    measured_precision(monkeypatch, 1.0, bf16_s)  # "auto" sees bf16 absent, slower or twice as fast
     x = image(1, 40, 52, seed=99)
     reference = run_any_size(trained, x, precision="fp32")
     assert reference.dtype == torch.float32
@@ -67,7 +69,7 @@ def test_each_precision_against_fp32(trained, precision, native, monkeypatch):
     seen = conv_dtypes(G)
     out = run_any_size(G, x, precision=precision)
     assert out.dtype == torch.float32 and out.shape == x.shape
-    if precision == "fp32" or (precision == "auto" and not native):
+    if precision == "fp32" or (precision == "auto" and bf16_s != 0.5):
         assert set(seen) == {torch.float32} and torch.equal(out, reference)
     else:  # really computed in bf16, and close to fp32 in what an 8-bit image shows
         assert set(seen) == {torch.bfloat16}
@@ -75,13 +77,24 @@ def test_each_precision_against_fp32(trained, precision, native, monkeypatch):
         assert psnr(out, reference) >= BF16_MIN_PSNR
 
 
-def test_auto_is_fp32_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: False)
-    assert autocast_dtype("auto", "cpu") is None
-    assert autocast_dtype("bf16", "cpu") == torch.bfloat16
-    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: True)
-    assert autocast_dtype("auto", "cpu") == torch.bfloat16
-    assert autocast_dtype("fp32", "cpu") is None
+def test_auto_picks_bf16_only_where_measured_faster(monkeypatch):
+    G = Generator(ngf=4, n_blocks=1)
+    timed = measured_precision(monkeypatch, 1.0, None)  # no bf16 hardware: float32, nothing timed
+    assert autocast_dtype("auto", "cpu", G) is None and timed == []
+    assert str(cpu_precision(G)) == "fp32 (this CPU has no bf16 in hardware)"
+    assert autocast_dtype("bf16", "cpu", G) == torch.bfloat16  # an explicit request stands
+    for bf16_s, expected in ((0.5, torch.bfloat16), (0.95, None), (1.0, None), (1.4, None)):  # a tie is float32
+        timed = measured_precision(monkeypatch, 1.0, bf16_s)
+        assert autocast_dtype("auto", "cpu", G) == expected, bf16_s
+        assert autocast_dtype("auto", "cpu", G) == expected and timed == [("Generator", False)]  # timed once
+    choice = cpu_precision(G)
+    assert (choice.name, choice.fp32_ms, choice.bf16_ms) == ("fp32", 1000.0, 1400.0)
+    assert str(choice) == "fp32 (measured at 128 px: fp32 1000 ms, bf16 1400 ms a call)"
+    cpu_precision(Generator(ngf=4, n_blocks=2))  # another shape is timed on its own
+    cpu_precision(G, training=True)  # and so is training
+    assert timed == [("Generator", False), ("Generator", False), ("Generator", True)]
+    assert autocast_dtype("auto", "cpu") is None  # no network to time: float32
+    assert autocast_dtype("fp32", "cpu", G) is None
     # CUDA keeps half precision in "auto"; "fp32" is float32 there too
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert autocast_dtype("auto", "cuda") == torch.float16 and autocast_dtype("fp32", "cuda") is None
@@ -90,8 +103,20 @@ def test_auto_is_fp32_without_native_bf16(monkeypatch):
         autocast_dtype("fp16", "cpu")
 
 
+def test_the_timing_leaves_the_network_and_the_random_state_alone():
+    G = Generator(ngf=4, n_blocks=1)
+    weights = {k: v.clone() for k, v in G.state_dict().items()}
+    rng = torch.get_rng_state()
+    for training in (False, True):
+        fp32_s, bf16_s = time_precisions(G, training, size=32, repeats=1)
+        assert 0 < fp32_s < 10 and 0 < bf16_s < 100
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(weights[k], v) for k, v in G.state_dict().items())
+    assert all(p.grad is None for p in G.parameters()) and G.training
+
+
 def test_translate_in_auto_on_a_cpu_without_bf16_is_fp32(monkeypatch):
-    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: False)
+    measured_precision(monkeypatch, 1.0, None)
     model = CycleGAN(TINY).init_weights(seed=2).eval()
     picture = Image.new("RGB", (30, 20), (90, 140, 60))
     seen = conv_dtypes(model.G_AB)
@@ -109,7 +134,7 @@ def test_native_bf16_is_what_torch_reports(monkeypatch):
 
 def test_run_padded_stays_fp32(monkeypatch):
     """cyclegan.evaluate calls run_padded directly: its FID numbers must not move with the CPU."""
-    monkeypatch.setattr(cyclegan.inference, "cpu_has_native_bf16", lambda: True)
+    measured_precision(monkeypatch, 1.0, 0.1)
     G = Generator(ngf=4, n_blocks=1).eval()
     seen = conv_dtypes(G)
     with torch.no_grad():
@@ -166,7 +191,7 @@ def test_bench_bf16_simulation_matches_real_bf16(trained):
 def test_train_step_matches_the_naive_loop():
     """Trainer.train_step (G(x) batched with the identity G(y), D frozen, real and fake through D in
     one call) against benchmarks/bench.py's naive loop: the same losses and gradients."""
-    config = TrainConfig(lambda_identity=0.5)
+    config = TrainConfig(lambda_identity=0.5, amp="none")  # the naive loop is float32
     optimised, naive = Trainer(config, TINY), Trainer(config, TINY)
     for step in range(2):
         # Both start from the same state: otherwise Adam, whose first steps are about lr * sign(grad),

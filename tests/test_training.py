@@ -13,7 +13,7 @@ import torch
 
 from cyclegan import CycleGAN
 from cyclegan.training import StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
-from tests.conftest import TINY, TINY_FLAGS, free_port, run_python
+from tests.conftest import TINY, TINY_FLAGS, free_port, measured_precision, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,11 +49,11 @@ def test_identity_off_skips_the_identity_passes():
         getattr(trainer.model, name).register_forward_hook(lambda m, i, o, name=name: calls.append((name, len(i[0]))))
     losses = trainer.train_step(batch(n=2))
     assert "idt_A" not in losses and "idt_B" not in losses
-    assert sorted(calls) == [("G_AB", 2), ("G_AB", 2), ("G_BA", 2), ("G_BA", 2)]
+    assert sorted(calls) == [("G_AB", 2), ("G_AB", 2), ("G_BA", 4)]  # G_BA's fake and reconstruction batched
     calls.clear()
     trainer.config.lambda_identity = 0.5
     trainer.train_step(batch(n=2))
-    assert sorted(calls) == [("G_AB", 2), ("G_AB", 4), ("G_BA", 2), ("G_BA", 4)]  # G(x) and G(y) batched
+    assert sorted(calls) == [("G_AB", 2), ("G_AB", 4), ("G_BA", 6)]  # and G(x) with the identity G(y)
 
 
 def test_batched_identity_call_matches_separate_calls():
@@ -80,16 +80,56 @@ def test_bf16_autocast_on_the_cpu():
         Trainer(TrainConfig(amp="fp16", device="cpu"), TINY)
 
 
-def test_nan_losses_stop_or_skip():
-    bad = batch()
+def state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Copies of every weight and every optimiser state tensor."""
+    out = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for name, opt in (("G", trainer.opt_G), ("D", trainer.opt_D)):
+        for i, p in enumerate(opt.param_groups[0]["params"]):
+            out.update({f"opt_{name}.{i}.{k}": v.clone() for k, v in opt.state.get(p, {}).items()})
+    return out
+
+
+def changed(before: dict, after: dict, prefix: str | tuple = "") -> list[str]:
+    """Keys whose tensors differ; optimiser state created by a skipped step must be all zeros, as new."""
+    return [k for k, v in after.items() if k.startswith(prefix)
+            and not torch.equal(before.get(k, torch.zeros_like(v)), v)]
+
+
+def nan_batch(seed: int = 1) -> dict[str, torch.Tensor]:
+    bad = batch(seed)
     bad["A"][0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="step 1: the generator loss is nan"):
-        Trainer(TrainConfig(on_nan="stop"), TINY).train_step(bad)
-    trainer = Trainer(TrainConfig(on_nan="skip"), TINY)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train_step(bad)
-    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
-    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    return bad
+
+
+def test_a_non_finite_loss_changes_nothing_and_stops_at_the_next_read():
+    trainer = Trainer(TrainConfig(on_nan="stop", amp="none"), TINY)
+    trainer.train_step(batch())
+    assert trainer.check_finite() == 0
+    before = state(trainer)
+    trainer.train_step(nan_batch())  # nothing is read back during a step: no error yet
+    trainer.train_step(nan_batch(2))
+    assert changed(before, state(trainer)) == []  # weights, Adam's moments and step counts
+    with pytest.raises(FloatingPointError, match=r"^step 2: the generator loss is nan; its update was skipped"):
+        trainer.check_finite()
+
+
+def test_on_nan_skip_counts_the_skipped_steps_and_leaves_them_out_of_the_means(capsys):
+    trainer = Trainer(TrainConfig(on_nan="skip", amp="none"), TINY)
+    first = trainer.train_step(batch())
+    before = state(trainer)
+    trainer.train_step(nan_batch())
+    assert changed(before, state(trainer)) == []
+    third = trainer.train_step(batch(3))
+    assert changed(before, state(trainer), "G_AB.") and changed(before, state(trainer), "opt_G.")
+    assert trainer.check_finite() == 1
+    assert "step 2: the generator loss is nan; skipped 1 such step(s) since the last check, 1 in all" in capsys.readouterr().err
+    assert trainer.check_finite() == 1  # said once
+    means = trainer.read_losses()
+    assert means["skipped_steps"] == 1
+    for k in first:
+        assert means[k] == pytest.approx((first[k].item() + third[k].item()) / 2, rel=1e-5), k
+    assert trainer.read_losses() == {"skipped_steps": 1}  # a new window: no finite step yet
+    assert trainer.state_dict()["skipped_steps"] == 1
 
 
 def test_a_bad_discriminator_loss_stops_or_skips_only_the_discriminators():
@@ -97,30 +137,62 @@ def test_a_bad_discriminator_loss_stops_or_skips_only_the_discriminators():
         # The D step sees real and fake images in one batch of 2; the generator step one fake.
         return output * float("nan") if len(inputs[0]) == 2 else output
 
-    with pytest.raises(FloatingPointError, match="step 1: the discriminator loss is nan"):
-        trainer = Trainer(TrainConfig(on_nan="stop"), TINY)
+    for on_nan in ("stop", "skip"):
+        trainer = Trainer(TrainConfig(on_nan=on_nan, amp="none"), TINY)
         trainer.model.D_A.register_forward_hook(nan_on_the_discriminator_step)
+        before = state(trainer)
         trainer.train_step(batch())
-    trainer = Trainer(TrainConfig(on_nan="skip"), TINY)
-    trainer.model.D_A.register_forward_hook(nan_on_the_discriminator_step)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train_step(batch())
-    after = trainer.model.state_dict()
-    assert all(torch.equal(before[k], v) for k, v in after.items() if k.startswith(("D_A.", "D_B.")))
-    assert not all(torch.equal(before[k], v) for k, v in after.items() if k.startswith("G_AB."))
-    assert trainer.step == 1
+        after = state(trainer)
+        assert changed(before, after, ("D_A.", "D_B.", "opt_D.")) == []
+        assert changed(before, after, "G_AB.") and trainer.step == 1
+        if on_nan == "stop":
+            with pytest.raises(FloatingPointError, match="step 1: the discriminator loss is nan"):
+                trainer.check_finite()
+        else:
+            assert trainer.check_finite() == 1
 
 
-def test_amp_auto_follows_the_cpu(monkeypatch):
-    import cyclegan.training as training
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+def test_no_value_is_read_back_between_log_windows(dataroot, tmp_path, monkeypatch):
+    """Whole runs inside one epoch: 4 more steps (two more --log-every windows) add exactly the two
+    reads of each window (check_finite and read_losses), nothing per step. Reads are scalar reads
+    seen by torch.profiler (.item(), bool(), float()) and .tolist()/.numpy() calls, which it does not see."""
+    calls = []
+    for name in ("tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _f=original, **k: calls.append(1) or _f(t, *a, **k))
+
+    def reads(steps: int) -> int:
+        config = TrainConfig(dataroot=str(dataroot), output=str(tmp_path / f"run{steps}"), max_steps=steps,
+                             log_every=2, save_every=1000, sample_every=1000, workers=0, crop_size=32, load_size=36,
+                             epochs=10, amp="none")
+        calls.clear()
+        with torch.profiler.profile() as prof:
+            train(config, TINY)
+        return len(calls) + sum(e.name == "aten::_local_scalar_dense" and not _in_fused_adam(e) for e in prof.events())
+
+    assert reads(6) - reads(2) == 4
+
+
+def _in_fused_adam(event) -> bool:
+    """The CPU's fused Adam kernel reads its own CPU step counters (memory reads: the CUDA kernel has none)."""
+    while event is not None and not event.name.startswith("aten::_fused_adam"):
+        event = event.cpu_parent
+    return event is not None
+
+
+def test_amp_auto_is_measured_recorded_and_kept_on_resume(monkeypatch):
+    timed = measured_precision(monkeypatch, 1.0, 1.3)  # bf16 slower on this "CPU": float32
     trainer = Trainer(TrainConfig(amp="auto"), TINY)
-    assert trainer.amp_dtype is None and trainer.precision == "fp32"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert trainer.amp_dtype is None and trainer.precision.startswith("fp32 (auto: fp32 (measured at 128 px")
+    assert timed == [("Generator", True)] and trainer.state_dict()["amp"] == "none"
+    measured_precision(monkeypatch, 1.0, 0.4)  # faster
     trainer = Trainer(TrainConfig(amp="auto"), TINY)
-    assert trainer.amp_dtype == torch.bfloat16 and trainer.precision == "bf16 autocast"
+    assert trainer.amp_dtype == torch.bfloat16 and "bf16 1000 ms" not in trainer.precision
+    assert trainer.precision == "bf16 autocast (auto: bf16 (measured at 128 px: fp32 1000 ms, bf16 400 ms a training step))"
+    resumed = Trainer(TrainConfig(amp="auto"), TINY, recorded_amp="none")  # the checkpoint's choice wins
+    assert resumed.amp_dtype is None and "recorded in the checkpoint" in resumed.precision
     assert Trainer(TrainConfig(amp="bf16"), TINY).precision == "bf16 autocast"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)  # --amp bf16 asked for anyway: said so
+    measured_precision(monkeypatch, 1.0, None)  # --amp bf16 asked for on a CPU that emulates it: said so
     trainer = Trainer(TrainConfig(amp="bf16"), TINY)
     assert trainer.amp_dtype == torch.bfloat16 and "emulated" in trainer.precision
     assert Trainer(TrainConfig(amp="none"), TINY).amp_dtype is None  # "none" stays fp32 on any CPU
