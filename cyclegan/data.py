@@ -130,12 +130,17 @@ def _multiple_of_4(image: Image.Image) -> Image.Image:
     return image if (w, h) == image.size else image.resize((w, h), Image.BICUBIC)
 
 
+def crop_corner(width: int, height: int, size: int, rng: random.Random) -> tuple[int, int]:
+    """The random top-left corner of a `size` crop: the draws both data paths make."""
+    return rng.randint(0, width - size), rng.randint(0, height - size)
+
+
 def _random_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
     if image.width < size or image.height < size:  # too small to crop: enlarge, keeping the aspect
         scale = size / min(image.width, image.height)
         image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
                              Image.BICUBIC)
-    x, y = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
+    x, y = crop_corner(image.width, image.height, size, rng)
     return image.crop((x, y, x + size, y + size))
 
 
@@ -208,6 +213,81 @@ class UnpairedDataset(Dataset):
         real_A = self._load(self.files_A, index % len(self.files_A), rng)
         real_B = self._load(self.files_B, rng.randrange(len(self.files_B)), rng)
         return {"A": real_A, "B": real_B}
+
+    def draws(self, index: int) -> tuple[int, tuple[int, int, bool], int, tuple[int, int, bool]]:
+        """What __getitem__ draws for item `index` under resize_and_crop, in its order: the A image,
+        its crop corner and flip, the B image, its crop corner and flip (DeviceImages crops by these)."""
+        rng, free = random.Random(hash((self.seed, self.epoch, index))), self.load_size
+        crop_A = (*crop_corner(free, free, self.crop_size, rng), self.flip and rng.random() < 0.5)
+        index_B = rng.randrange(len(self.files_B))
+        crop_B = (*crop_corner(free, free, self.crop_size, rng), self.flip and rng.random() < 0.5)
+        return index % len(self.files_A), crop_A, index_B, crop_B
+
+
+class DeviceImages:
+    """An UnpairedDataset's training images decoded and resized once (as the loader does it: PIL,
+    bicubic) into uint8 tensors on `device`; each batch is cropped and flipped there by the
+    dataset's own draws, so that it holds exactly the pixels the DataLoader would have given.
+    For resize_and_crop, the paper's preprocessing."""
+
+    def __init__(self, dataset: UnpairedDataset, device: torch.device | str, threads: int = 0) -> None:
+        if dataset.preprocess != "resize_and_crop" or dataset.load_size < dataset.crop_size:
+            raise ValueError(f"--data-on-device yes needs --preprocess resize_and_crop with --load-size "
+                             f">= --crop-size (have {dataset.preprocess}, {dataset.load_size}, {dataset.crop_size})")
+        self.dataset, self.device = dataset, torch.device(device)
+        self.A = self._decode(dataset.files_A, threads)
+        self.B = self._decode(dataset.files_B, threads)
+
+    @staticmethod
+    def nbytes(dataset: UnpairedDataset) -> int:
+        return (len(dataset.files_A) + len(dataset.files_B)) * 3 * dataset.load_size ** 2
+
+    def _decode(self, files: list[Path], threads: int) -> torch.Tensor:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        size = self.dataset.load_size
+
+        def one(path: Path) -> np.ndarray | None:
+            try:
+                return np.asarray(load_rgb(path).resize((size, size), Image.BICUBIC))
+            except ImageError as e:
+                warnings.warn(f"skipping unreadable image {e}", stacklevel=2)
+                return None
+
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
+            arrays = list(tqdm(pool.map(one, files), total=len(files), desc=f"{files[0].parent.name} to {self.device}",
+                               unit="image", leave=False))
+        if all(a is None for a in arrays):
+            raise ImageError(f"{files[0].parent}: none of the {len(files)} images can be read")
+        # An unreadable file's place is taken by the next readable one, as UnpairedDataset._load does.
+        arrays = [next(a for a in arrays[i:] + arrays[:i] if a is not None) for i in range(len(arrays))]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+
+    def _crop(self, images: torch.Tensor, i: int, crop: tuple[int, int, bool]) -> torch.Tensor:
+        x, y, flipped = crop
+        size = self.dataset.crop_size
+        image = images[i, :, y:y + size, x:x + size]
+        return image.flip(-1) if flipped else image
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        A, B = [], []
+        for index in indices:
+            index_A, crop_A, index_B, crop_B = self.dataset.draws(index)
+            A.append(self._crop(self.A, index_A, crop_A))
+            B.append(self._crop(self.B, index_B, crop_B))
+        # as to_tensor: float32, / 127.5, - 1, in that order (the same values to the last bit)
+        return {d: torch.stack(x).float().div(127.5).sub(1.0) for d, x in (("A", A), ("B", B))}
+
+    def batches(self, indices: Iterator[int], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of `batch_size` of the sampler's indices; the last, partial one is dropped."""
+        chunk: list[int] = []
+        for index in indices:
+            chunk.append(index)
+            if len(chunk) == batch_size:
+                yield self.batch(chunk)
+                chunk = []
 
 
 class EpochSampler(Sampler[int]):

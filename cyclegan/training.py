@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .data import PREPROCESS, EpochSampler, UnpairedDataset
+from .data import PREPROCESS, DeviceImages, EpochSampler, UnpairedDataset
 from .datasets import DATASETS_URL, download_dataset
 from .files import one_line, write_atomic
 from . import inference
@@ -70,6 +70,10 @@ class TrainConfig:
     eval_every: int = _opt("FID/KID on the validation images every N steps, into losses.csv; the best model "
                            "so far is kept in best/ (0: never)", default=0, recipe=False)
     workers: int = _opt("data loading processes", default=2, recipe=False)
+    data_on_device: str = _opt("decode the training images once into the device's memory and crop and flip "
+                               "batches there (the same pixels as the loader; resize_and_crop only). auto: on "
+                               "CUDA when they fit in a quarter of its memory", default="auto", recipe=False,
+                               meta={"choices": ("auto", "yes", "no")})
     seed: int = _opt("seed of initialisation, data order and augmentation", default=0)
     max_steps: int = _opt("stop when the total step count reaches this (0: run the whole schedule)", default=0)
     save_every: int = _opt("write checkpoint.pt and model/ every N steps (and at each epoch's end)", default=1000,
@@ -164,7 +168,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig, device: torch.device | str = "cpu",
                  distributed: bool = False, recorded_amp: str | None = None) -> None:
-        self.config, self.device = config, torch.device(device)
+        self.config, self.device, self.distributed = config, torch.device(device), distributed
         self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
         cuda = self.device.type == "cuda"
         if cuda:
@@ -236,14 +240,16 @@ class Trainer:
         if self.scaler is not None:  # its own found_inf: non-finite gradients skip the step
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
-        elif self.fused:
-            loss.backward()
-            opt.found_inf = bad.float()
+            return
+        loss.backward()
+        found_inf = bad.float()
+        if self.distributed:  # the gradients are averaged over ranks: one rank's bad step is every rank's
+            dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
+        if self.fused:
+            opt.found_inf = found_inf
             opt.step()
-        else:
-            loss.backward()
-            if not bad.item():
-                opt.step()
+        elif not found_inf.item():  # torch's unfused Adam has no found_inf input
+            opt.step()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One generator and one discriminator update. Returns the detached loss terms (tensors
@@ -541,6 +547,7 @@ class Training:
             self.trainer.load_state_dict(resume_state, source=c.resume)
         self.loader = DataLoader(self.dataset, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
                                  pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_ignore_stop_signals)
+        self.images = DeviceImages(self.dataset, device) if self.data_on_device(device) else None
         self.log = LossLog(self.output, self.trainer.step) if self.main else None
         self.samples = sample_images(Path(c.dataroot), c.n_samples, c.crop_size) if self.main else None
         self.validation = {"A": self.dataset.val_A, "B": self.dataset.val_B}
@@ -549,6 +556,22 @@ class Training:
             write_validation_list(self.output / "validation.txt", Path(c.dataroot), self.validation)
         self.start_time, self.seconds_before = time.time(), self.trainer.seconds
         self.saved_step = self.trainer.step if resume_state is not None else None  # step of checkpoint.pt
+
+    def data_on_device(self, device: torch.device) -> bool:
+        """--data-on-device: "auto" is yes on CUDA for resize_and_crop when the uint8 images take at most
+        a quarter of the GPU's memory."""
+        c = self.config
+        if c.data_on_device != "auto":
+            return c.data_on_device == "yes"
+        if device.type != "cuda" or c.preprocess != "resize_and_crop" or c.load_size < c.crop_size:
+            return False
+        return DeviceImages.nbytes(self.dataset) <= torch.cuda.get_device_properties(device).total_memory // 4
+
+    def batches(self):
+        """This epoch's batches (the sampler set to it): cropped on the device, or from the DataLoader."""
+        if self.images is not None:
+            return self.images.batches(iter(self.sampler), self.config.batch_size)
+        return self.loader
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.start_time
@@ -620,7 +643,8 @@ class Training:
 
         c, t = self.config, self.trainer
         if self.main:
-            print(f"training on {t.device} in {t.precision}; {self.steps_per_epoch} steps per epoch, "
+            data = "images on the device" if self.images is not None else f"{c.workers} loader workers"
+            print(f"training on {t.device} in {t.precision}; {data}; {self.steps_per_epoch} steps per epoch, "
                   f"{self.total_steps} in all", file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=t.step, disable=not self.main, dynamic_ncols=True, unit="step")
         t.model.train()
@@ -634,7 +658,7 @@ class Training:
                     epoch, done_in_epoch = divmod(t.step, self.steps_per_epoch)
                     self.dataset.epoch = epoch
                     self.sampler.set_epoch(epoch, start=done_in_epoch * c.batch_size)
-                    for batch in self.loader:
+                    for batch in self.batches():
                         lr = t.set_lr(lr_factor(t.step, self.steps_per_epoch, c.epochs, c.decay_epochs))
                         t.train_step(batch)  # nothing read back: the device runs ahead
                         bar.update(1)

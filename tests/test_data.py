@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import EpochSampler, ImageError, UnpairedDataset, load_rgb, to_image, to_tensor, transform
+from cyclegan.data import DeviceImages, EpochSampler, ImageError, UnpairedDataset, load_rgb, to_image, to_tensor, transform
 from cyclegan.datasets import domains_from_name, download_dataset
 
 from tests.conftest import make_images
@@ -175,3 +175,31 @@ def test_domain_names_come_from_the_dataset_name():
     assert (model_config.domain_A, model_config.domain_B) == ("summer", "winter")
     _, model_config, _ = train.configs_from_args({"dataroot": "/data/my_photos/"})
     assert (model_config.domain_A, model_config.domain_B) == ("A", "B")
+
+
+def test_device_images_hold_exactly_the_loaders_pixels(dataroot):
+    """--data-on-device: for every item of two epochs, the same A image, B pairing, crop and flip as
+    the DataLoader path, to the last bit; an unreadable file is replaced by the next one on both."""
+    (dataroot / "trainB" / "001.png").write_bytes(b"not an image")
+    dataset = UnpairedDataset(dataroot, "train", "resize_and_crop", 40, 32, True, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = DeviceImages(dataset, "cpu", threads=2)
+        assert images.A.dtype == torch.uint8 and images.A.shape == (5, 3, 40, 40) and images.B.shape == (7, 3, 40, 40)
+        flips, pairs = set(), set()
+        for epoch in (0, 1):
+            dataset.epoch = epoch
+            sampler = EpochSampler(len(dataset), seed=3)
+            for index in sampler:
+                expected = dataset[index]
+                got = images.batch([index])
+                for d in "AB":
+                    assert torch.equal(got[d][0], expected[d]), (epoch, index, d)
+                _, crop_A, index_B, _ = dataset.draws(index)
+                flips.add(crop_A[2])
+                pairs.add(index_B)
+    assert flips == {True, False} and len(pairs) >= 4  # the draws vary, so agreeing means something
+    batches = list(images.batches(iter(range(7)), 3))  # the last, partial batch is dropped, as drop_last
+    assert [b["A"].shape for b in batches] == [(3, 3, 32, 32)] * 2
+    with pytest.raises(ValueError, match="--data-on-device yes needs --preprocess resize_and_crop"):
+        DeviceImages(UnpairedDataset(dataroot, "train", "crop", 40, 32), "cpu")

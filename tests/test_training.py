@@ -474,3 +474,15 @@ def test_ddp_with_two_cpu_processes(dataroot, tmp_path):
     # 7 images split between 2 ranks: 3 steps per epoch, so step 3 ends epoch 1.
     assert [r["epoch"] for r in rows[:3]] == ["0.3333", "0.6667", "1.0000"]
     assert len(rows) == 4  # only rank 0 writes
+
+
+def test_data_on_the_device_trains_exactly_as_the_loader(dataroot, tmp_path):
+    """--data-on-device yes: the same batches, so the same weights after a run across an epoch's end."""
+    weights = {}
+    for on_device in ("yes", "no"):
+        config = TrainConfig(dataroot=str(dataroot), output=str(tmp_path / on_device), max_steps=9, workers=0,
+                             crop_size=32, load_size=36, epochs=10, amp="none", data_on_device=on_device, seed=4,
+                             save_every=1000, sample_every=1000)
+        weights[on_device] = CycleGAN.from_pretrained(train(config, TINY) / "model").state_dict()
+    assert weights["yes"].keys() == weights["no"].keys()
+    assert all(torch.equal(weights["yes"][k], weights["no"][k]) for k in weights["no"])
