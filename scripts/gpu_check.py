@@ -1,5 +1,6 @@
-"""The Python half of scripts/gpu_check.sh: what the machine is (`info`), the trained runs as float16
-model folders (`export`), and everything measured in one results.json (`report`). It imports only
+"""The Python half of scripts/gpu_check.sh: what the machine is (`info`), a training schedule that ends
+in the minutes left (`plan`), the trained runs as float16 model folders (`export`), and everything
+measured in one results.json (`report`, whose exit status says whether every stage did its work). It imports only
 what the GPU machine has (torch, safetensors, Pillow, numpy); `info` checks that nothing the check
 runs pulls in the app's or the Hub's packages."""
 from __future__ import annotations
@@ -122,6 +123,41 @@ def pytest_summary(log: Path) -> dict:
     return {"counts": counts, "failed": failed}
 
 
+def plan(args: argparse.Namespace) -> None:
+    """train.py's --epochs and --decay-epochs for a schedule that ends at lr 0 within `seconds`, from the
+    steps/s that bench.py's batches section measured for the previews' model at this batch size (one
+    run alone; `--share` of that rate each when runs share the GPU), less `--startup` seconds."""
+    rate = None
+    bench = Path(args.bench)
+    if bench.is_file():
+        for r in json.loads(bench.read_text()).get("batches", []):
+            if r["batch_size"] == args.batch_size and r["model"] in ("previews' model", "width 4"):
+                rate = r["steps_per_s"] * args.share
+    if rate is None:
+        rate = args.fallback_steps_per_s
+        print(f"(no measured rate for batch {args.batch_size} in {bench}: assuming {rate} steps/s)", file=sys.stderr)
+    images = max(len([f for f in (Path(args.dataroot) / d).iterdir() if f.is_file()]) for d in ("trainA", "trainB"))
+    steps_per_epoch = max(1, images // args.batch_size)
+    epochs = max(2, int(max(0.0, args.seconds - args.startup) * rate // steps_per_epoch))
+    print(f"(plan: {rate:.1f} steps/s, {steps_per_epoch} steps an epoch, {args.seconds:.0f} s: {epochs} epochs)",
+          file=sys.stderr)
+    print(f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}")
+
+
+def failed_steps(steps: list[dict], work: Path) -> list[str]:
+    """The stages that did not do their work: a non-zero status, no time left, or cut off by their
+    time limit; a training run stopped by its limit is fine once it saved its model."""
+    failed = []
+    for s in steps:
+        if s["rc"] in (0, -2):
+            continue
+        run = work / "runs" / s["step"].removeprefix("train-")
+        if s["step"].startswith("train-") and s["rc"] == 124 and (run / "model" / "config.json").is_file():
+            continue
+        failed.append(f"{s['step']} ({s['status']})")
+    return failed
+
+
 def report(args: argparse.Namespace) -> None:
     work = Path(args.work)
     steps = []
@@ -141,6 +177,8 @@ def report(args: argparse.Namespace) -> None:
         "machine": load(work / "info.json"),
         "steps": steps,
         "tests": pytest_summary(work / "logs" / "tests.log"),
+        "pace": (load(work / "pace.json") or {}).get("pace"),
+        "pace_bench": load(work / "pace.json"),
         "bench": load(work / "bench.json"),
         "bench_cpu": load(work / "logs" / "bench-cpu.json"),
         "dataset": load(Path(args.dataset, "packed.json")) if args.dataset else None,
@@ -148,6 +186,7 @@ def report(args: argparse.Namespace) -> None:
         "returned": sorted(p.name for p in Path(args.out).iterdir()) if Path(args.out).is_dir() else [],
         "fid": "measured back on the CPU: see the README's training section (python -m cyclegan.evaluate)",
     }
+    results["failed"] = failed_steps(steps, work)
     Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for s in steps:
         print(f"{s['step']:>17}: {s['status']} (rc {s['rc']}, {s['seconds']} s of {s['limit_s']})")
@@ -155,6 +194,10 @@ def report(args: argparse.Namespace) -> None:
         rate = t.get("steps_per_s_after_start", t.get("steps_per_s"))
         print(f"{t['run']:>12}: {t.get('steps')} steps in {t.get('train_seconds')} s"
               f"{f' ({rate} steps/s)' if rate else ''} on {t.get('device')} in {t.get('precision')}")
+    if results["pace"]:
+        print(f"pace: {json.dumps(results['pace'])}")
+    if results["failed"]:
+        sys.exit(f"failed: {', '.join(results['failed'])}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,7 +214,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(run=export)
-    p = sub.add_parser("report", help="results.json from a gpu_check work folder")
+    p = sub.add_parser("plan", help="--epochs/--decay-epochs of a schedule that ends within SECONDS")
+    p.add_argument("--bench", required=True, help="bench.py's JSON with the batches section")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--dataroot", required=True)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--share", type=float, default=0.6, help="each run's share of the measured rate")
+    p.add_argument("--startup", type=float, default=60, help="seconds before the first step")
+    p.add_argument("--fallback-steps-per-s", type=float, default=6.0,
+                   help="each run's rate where none was measured (two runs at batch 4 did 12 on an H100 before)")
+    p.set_defaults(run=plan)
+    p = sub.add_parser("report", help="results.json from a gpu_check work folder; exits 1 if a stage failed")
     p.add_argument("work")
     p.add_argument("--out", required=True)
     p.add_argument("--dataset", default="", help="the unpacked dataset (its packed.json goes into the results)")

@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# Prove the GPU path in one command (issue 15), within 6 minutes on one H100-class GPU:
+# Prove the GPU path and train the previews in one command, within ~9 minutes on one H100-class GPU:
 #   1. the GPU and the versions                      (info.json; nvidia-smi)
-#   2. benchmarks/bench.py --device cuda --quick     (alone on the GPU, so that its timings are clean)
-#   3. pytest tests/test_cuda.py                     (CUDA against the CPU; ~30 s alone, but past 150 s
-#                                                       beside the batch-4 training, so before it)
-#   4. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
-#      0.5 and 0 side by side for the minutes left, and meanwhile
-#      bench.py on two of the machine's CPU cores      (generator fp32 vs bf16 where its CPU has AMX/AVX512-BF16:
-#                                                       issue 13's CPU target; pinned apart from the training)
-#   5. both runs exported as float16 model folders, and a grid of them on test images
+#   2. the pace: bench.py --only profile,batches     (alone on the GPU: Trainer beside the independent plain
+#                                                       loop for both model sizes at batch 1, where the time
+#                                                       goes; then batch 1-16 for both: images/s, s/epoch,
+#                                                       peak memory; "pace" in results.json)
+#   3. bench.py --device cuda --quick --only generator (inference, fp32 against the default precision)
+#   4. pytest tests/test_cuda.py                     (CUDA against the CPU)
+#   5. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
+#      0.5 and 0 side by side for the minutes left, on a schedule that ends at lr 0 inside the call
+#      (gpu_check.py plan: from the rate step 2 measured), and meanwhile
+#      bench.py on two of the machine's CPU cores      (generator fp32 vs the default precision)
+#   6. both runs exported as float16 model folders, and a grid of them on test images
 # and everything packed into at most 8 files directly in OUT_DIR (what the GPU machine returns):
 #   results.json  gpu_check.log  logs.tar.gz  runs.tar.gz  grid.jpg  model-identity.tar  model-no-identity.tar
 #
 #   scripts/gpu_check.sh OUT_DIR             # on the GPU machine
-#   scripts/gpu_check.sh --dry-run OUT_DIR   # the same pipeline on the CPU: tiny model, 2 steps (~1 min)
+#   scripts/gpu_check.sh --dry-run OUT_DIR   # the same pipeline on the CPU: tiny model, 2 steps (~2 min)
 #
 # Every step runs under `timeout` and records its exit status; a failing step does not stop the later
-# ones, and the training is stopped (SIGTERM: it saves) in time to export. GPU_CHECK_SECONDS (default
-# 320; dry run 300) bounds the whole; PYTHON picks the interpreter (default python3); GPU_CHECK_ARCHIVE
+# ones, and the training is stopped (SIGTERM: it saves) in time to export. The exit status is 0 only
+# when every stage did its work (results.json "failed" lists the others). GPU_CHECK_SECONDS (default
+# 540; dry run 300) bounds the whole; PYTHON picks the interpreter (default python3); GPU_CHECK_ARCHIVE
 # the dataset zip (default data/horse2zebra-256.zip; the dry run packs a tiny synthetic one where it is
 # absent); GPU_CHECK_SKIP names steps to leave out (e.g. "bench cpu-bench", when they were measured before);
-# GPU_CHECK_TRAIN adds train.py flags (e.g. "--epochs 2 --decay-epochs 1": a schedule that ends in the minutes).
+# GPU_CHECK_TRAIN adds train.py flags (e.g. "--epochs 2 --decay-epochs 1", which replace the planned schedule).
 set -u -o pipefail
 shopt -s nullglob
 
@@ -32,7 +36,7 @@ START=$(date +%s)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$1" && OUT=$(cd "$1" && pwd) || exit 2
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_SECONDS:-$([ $DRY = 1 ] && echo 300 || echo 320)}
+BUDGET=${GPU_CHECK_SECONDS:-$([ $DRY = 1 ] && echo 300 || echo 540)}
 ARCHIVE=${GPU_CHECK_ARCHIVE:-$ROOT/data/horse2zebra-256.zip}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 LOGS=$WORK/logs
@@ -56,7 +60,9 @@ if [ $DRY = 1 ]; then
     TRAIN=(--device cpu --amp none --ngf 8 --ndf 8 --n-blocks 2 --n-layers 2 --load-size 36 --crop-size 32
            --workers 0 --max-steps 2 --log-every 1 --save-every 2 --sample-every 2 --n-samples 2 --ema-decay 0.9)
     export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1  # the tests only skip here: spare loading every installed plugin
-    BENCH=(--device cpu --quick --only training --tiny --threads 1)
+    BENCH=(--device cpu --quick --only training --tiny --threads 1)  # the generator section trains a model first
+    PACE=(--device cpu --quick --only profile,batches --tiny --threads 1)
+    BATCH=1
     GRID_SIZE=32
 else
     # The previews' model (ngf 32, 6 blocks, ndf 32) at 256 px crops, 4 images a step (at batch 1 the
@@ -66,7 +72,9 @@ else
     # validation images (pack_dataset.py), so no --val-count here.
     TRAIN=(--device cuda --ngf 32 --n-blocks 6 --ndf 32 --load-size 286 --crop-size 256 --batch-size 4
            --ema-decay 0.999 --workers 4 --log-every 100 --save-every 1000 --sample-every 1000)
-    BENCH=(--device cuda --quick)
+    BENCH=(--device cuda --quick --only generator)
+    PACE=(--device cuda --only profile,batches)
+    BATCH=4
     read -r -a extra <<< "${GPU_CHECK_TRAIN:-}"
     TRAIN+=("${extra[@]}")
     GRID_SIZE=256
@@ -112,15 +120,21 @@ step unpack 60 "$PY" -m zipfile -e "$ARCHIVE" "$WORK/data"
 DATA=$(find "$WORK/data" -mindepth 2 -maxdepth 2 -name trainA -type d -print -quit)
 DATA=${DATA%/trainA}
 
-# 2. speed, alone on the GPU so that its timings are clean; on the packed photos and a briefly trained
-# generator (bench.py's --data), not a random one
-step bench 120 "$PY" benchmarks/bench.py "${BENCH[@]}" ${DATA:+--data "$DATA"} --out "$WORK/bench.json"
+# 2. the training pace, alone on the GPU so that its timings are clean
+step pace 180 "$PY" benchmarks/bench.py "${PACE[@]}" --out "$WORK/pace.json"
 
-# 3. CUDA against the CPU (collected and skipped in the dry run: no CUDA there)
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+# 3. inference speed; on the packed photos and a briefly trained generator (bench.py's --data)
+step bench 90 "$PY" benchmarks/bench.py "${BENCH[@]}" ${DATA:+--data "$DATA"} --out "$WORK/bench.json"
 
-# 4. training
+# 4. CUDA against the CPU (collected and skipped in the dry run: no CUDA there)
+step tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+
+# 5. training, on a schedule that ends at lr 0 in the time left (unless GPU_CHECK_TRAIN sets one)
 limit=$(( $(left) - RESERVE ))
+if [ -n "$DATA" ] && [[ " ${GPU_CHECK_TRAIN:-} " != *" --epochs "* ]]; then
+    schedule=$("$PY" scripts/gpu_check.py plan --bench "$WORK/pace.json" --seconds "$limit" --dataroot "$DATA" \
+               --batch-size "$BATCH") && read -r -a planned <<< "$schedule" && TRAIN+=("${planned[@]}")
+fi
 # the CPU benchmark gets the last two cores to itself; the training the others
 PIN=()
 CPU_BENCH=(--device cpu --threads 2 --quick --only generator,accuracy --data "$DATA" --out "$LOGS/bench-cpu.json")
@@ -160,7 +174,7 @@ for i in "${!pids[@]}"; do
     record "train-$name" "$rc" $(( $(date +%s) - t0 )) "$limit"
 done
 
-# 5. the two model folders in float16, a grid of both on the test images, and what comes back
+# 6. the two model folders in float16, a grid of both on the test images, and what comes back
 RESERVE=10
 models=()
 for run in "${RUNS[@]%%:*}"; do [ -f "$WORK/runs/$run/model/config.json" ] && models+=("$WORK/runs/$run"); done
@@ -186,8 +200,9 @@ done | xargs tar -czf "$OUT/runs.tar.gz" --ignore-failed-read 2>/dev/null)
 cp "$WORK/steps.tsv" "$LOGS/"
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs
 "$PY" scripts/gpu_check.py report "$WORK" --out "$OUT" --dataset "$DATA" $([ $DRY = 1 ] && echo --dry-run)
+status=$?  # non-zero when a stage failed (or the report itself could not run)
 ls -l "$OUT"
-echo "== gpu_check finished in $(( $(date +%s) - START )) s"
+echo "== gpu_check finished in $(( $(date +%s) - START )) s with exit status $status"
 exec >&- 2>&-
 wait "$TEE_PID" 2>/dev/null
-exit 0
+exit $status

@@ -63,7 +63,15 @@ def test_gpu_check_dry_run(tmp_path):
     assert all(p.is_file() and p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
     results = json.loads((out / "results.json").read_text())
     assert results["dry_run"] and {s["step"]: s["status"] for s in results["steps"]} == {
-        name: "ok" for name in ("info", "tests", "bench", "unpack", "train-identity", "train-no-identity", "export")}
+        name: "ok" for name in ("info", "pace", "tests", "bench", "unpack", "train-identity", "train-no-identity",
+                                "export")} and results["failed"] == []
+    profile = results["pace_bench"]["profile"]  # Trainer beside the plain loop, for both layouts
+    assert [(r["setup"].split(",")[0], r["loop"].split(" ")[0]) for r in profile] == [
+        ("previews' layout", "plain"), ("previews' layout", "Trainer"), ("paper's layout", "plain"),
+        ("paper's layout", "Trainer")]
+    assert all(r["aten_calls"] > 100 and r["wall_ms"]["median"] > 0 for r in profile)
+    assert [r["batch_size"] for r in results["pace_bench"]["batches"]] == [1, 2]
+    assert "plan: " in (out / "gpu_check.log").read_text()  # the schedule was planned from the measured rate
     assert results["machine"]["imports_outside_the_machine"] == []
     assert results["tests"]["counts"]["skipped"] >= 10 and not results["tests"]["failed"]  # collected, skipped
     assert results["bench"]["training"] and results["bench"]["training"][0]["config"] == "ngf 8, 2 blocks, 32 px"
@@ -98,6 +106,23 @@ def test_gpu_check_dry_run(tmp_path):
         assert {f"{name}/losses.csv", f"{name}/model/config.json", f"{name}/samples/step_0000002.png"} <= set(names)
     with tarfile.open(out / "logs.tar.gz") as tar:
         assert {"logs/tests.log", "logs/bench.log", "logs/train-identity.log", "logs/steps.tsv"} <= set(tar.getnames())
+
+
+def test_gpu_check_fails_when_its_stages_fail(tmp_path):
+    """With a Python that has no torch every stage fails: the script still runs them all, reports
+    them in results.json, and exits non-zero."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    archive = tmp_path / "synthetic.zip"
+    pack_dataset.main(["--synthetic", "--out", str(archive)])
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(tmp_path / "bare" / "bin" / "python"), "GPU_CHECK_ARCHIVE": str(archive),
+           "GPU_CHECK_SECONDS": "120", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"info (failed)", "pace (failed)", "bench (failed)", "train-identity (failed)"} <= set(results["failed"])
+    assert "failed: info (failed), pace (failed)" in result.stdout
 
 
 def test_gpu_check_help_and_usage(tmp_path):
