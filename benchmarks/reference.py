@@ -3,6 +3,7 @@ simulated at float32 speed for CPUs that emulate bf16, Trainer.train_step's math
 independent plain training loop (PlainLoop) for bench.py --profile."""
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -14,7 +15,7 @@ from cyclegan.losses import adversarial_loss, cycle_loss, discriminator_loss, id
 from cyclegan.inference import cpu_has_native_bf16, run_any_size
 from cyclegan.model import ModelConfig
 from cyclegan.networks import Discriminator, Generator, init_weights
-from cyclegan.training import Trainer
+from cyclegan.training import Trainer, TrainConfig
 
 
 def _round_bf16(t):
@@ -145,3 +146,32 @@ class PlainLoop:
         (losses["D_A"] + losses["D_B"]).backward()
         self.opt_D.step()
         return {k: v.detach() for k, v in losses.items()}
+
+
+def graphs_against_eager(device: torch.device, config: ModelConfig, steps: int = 50, size: int = 64) -> dict:
+    """Trainer with --cuda-graphs against the same Trainer without (same seed and batches, a pool of 2,
+    float32): the largest relative difference of the losses at the first replayed step (the third:
+    the pools fill first), G_AB's output on a fixed image after `steps` as 8-bit PSNR, and whether a
+    learning rate set to 0 after capture leaves the weights alone (the graph reads the lr tensor)."""
+    g = torch.Generator().manual_seed(0)
+    batches = [{d: (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(device) for d in "AB"} for _ in range(steps)]
+    probe = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(device)
+    trainers = {graphs: Trainer(TrainConfig(amp="none", pool_size=2, cuda_graphs=graphs), config, device)
+                for graphs in (False, True)}
+    first = {}
+    for i, batch in enumerate(batches):
+        losses = {graphs: t.train_step(batch) for graphs, t in trainers.items()}
+        if i == 2:
+            first = {k: abs(losses[True][k].item() - v.item()) / max(abs(v.item()), 1e-8) for k, v in losses[False].items()}
+    with torch.no_grad():
+        out = {graphs: t.model.G_AB(probe).clamp(-1, 1).add(1).mul(127.5).round() for graphs, t in trainers.items()}
+    mse = (out[True] - out[False]).pow(2).mean().item()
+    graphed = trainers[True]
+    before = [p.clone() for p in graphed.model.G_AB.parameters()]
+    graphed.set_lr(0.0)
+    graphed.train_step(batches[0])
+    frozen = all(torch.equal(a, b) for a, b in zip(before, graphed.model.G_AB.parameters()))
+    psnr = float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    worst = max(first.values())
+    return {"first_replayed_step_max_rel_loss_diff": worst, "psnr_after_steps_db": psnr, "steps": steps,
+            "lr_zero_keeps_weights": frozen, "ok": worst <= 1e-4 and psnr >= 40 and frozen}

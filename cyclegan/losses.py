@@ -39,6 +39,11 @@ class ImagePool:
         self.filled = 0
         self.rng = torch.Generator(self.device).manual_seed(seed)
 
+    @property
+    def full(self) -> bool:
+        """Whether a query takes the random branch only (no fill phase left)."""
+        return self.filled >= self.size
+
     def query(self, images: torch.Tensor) -> torch.Tensor:
         if self.size == 0:
             return images

@@ -63,6 +63,9 @@ class TrainConfig:
                     "AVX512-BF16 or AMX; fp32 elsewhere)", default="auto",
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
+    cuda_graphs: bool = _opt("replay each training step as one CUDA graph once the image pools are full (no "
+                             "launch overhead; CUDA only, not with --compile, DDP or --amp fp16)", default=False,
+                             recipe=False)
     ema_decay: float = _opt("keep an exponential moving average of the generators' weights with this decay "
                             "per step, e.g. 0.999 (0: none)", default=0.0)
     val_count: int = _opt("images of each domain held out of trainA/ and trainB/ for validation (listed in "
@@ -114,11 +117,15 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_adam(params, config: TrainConfig) -> tuple[torch.optim.Adam, bool]:
+def make_adam(params, config: TrainConfig, graphs: bool = False) -> tuple[torch.optim.Adam, bool]:
     """Adam as the recipe sets it: fused where torch has it for the parameters' device (one kernel
     for all of them, and the `found_inf` input that skips a step on the device); otherwise torch's
-    default. Returns the optimiser and whether it is fused."""
+    default. For CUDA graphs, capturable with the learning rate in a device tensor, which a replayed
+    graph reads (a float would stay what it was at capture). Returns the optimiser and whether it is fused."""
     params, betas = list(params), (config.beta1, config.beta2)
+    if graphs:
+        lr = torch.tensor(config.lr, device=params[0].device)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True, capturable=True), True
     try:
         return torch.optim.Adam(params, lr=config.lr, betas=betas, fused=True), True
     except (RuntimeError, ValueError):  # torch < 2.4 on the CPU, or a device without the fused kernel
@@ -155,6 +162,44 @@ def choose_amp(config: TrainConfig, device: torch.device, G: torch.nn.Module, re
     return amp, how
 
 
+class StepGraph:
+    """Trainer.step_on captured as one CUDA graph and replayed: the host issues one launch a step
+    instead of thousands. Captured at the first replay (the pools full, so that their fill phase,
+    a host branch, is over), after warm-up steps on a side stream that update nothing (`skip`) and
+    whose pool draws and tallies are undone; each replay reads the batch from static inputs, the
+    learning rate from the optimisers' lr tensors, and the pools' generators from their registered state."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def replay(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.inputs is None or self.inputs[0].shape != real_A.shape or self.inputs[1].shape != real_B.shape:
+            self.capture(real_A, real_B)
+        self.inputs[0].copy_(real_A, non_blocking=True)
+        self.inputs[1].copy_(real_B, non_blocking=True)
+        self.graph.replay()
+        return self.losses
+
+    def capture(self, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+        t = self.trainer
+        self.inputs = (real_A.clone(), real_B.clone())
+        with t.undone():
+            side = torch.cuda.Stream(t.device)
+            side.wait_stream(torch.cuda.current_stream(t.device))
+            with torch.cuda.stream(side):  # lazily built state (Adam's moments, cuDNN plans) is made here
+                for _ in range(3):
+                    t.step_on(*self.inputs, skip=True)
+            torch.cuda.current_stream(t.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        for pool in (t.pool_A, t.pool_B):
+            self.graph.register_generator_state(pool.rng)
+        with torch.cuda.graph(self.graph):
+            self.losses = t.step_on(*self.inputs)
+
+
 class Trainer:
     """Holds the networks, optimisers and pools, and performs `train_step`s.
 
@@ -167,7 +212,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig, device: torch.device | str = "cpu",
-                 distributed: bool = False, recorded_amp: str | None = None) -> None:
+                 distributed: bool = False, recorded_amp: str | None = None, graph_ready: bool = False) -> None:
         self.config, self.device, self.distributed = config, torch.device(device), distributed
         self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
         cuda = self.device.type == "cuda"
@@ -188,8 +233,14 @@ class Trainer:
             ids = [self.device.index] if cuda else None
             self.G_AB, self.G_BA, self.D_A, self.D_B = (DDP(n, device_ids=ids) for n in
                                                         (self.G_AB, self.G_BA, self.D_A, self.D_B))
-        self.opt_G, self.fused = make_adam([*m.G_AB.parameters(), *m.G_BA.parameters()], config)
-        self.opt_D, _ = make_adam([*m.D_A.parameters(), *m.D_B.parameters()], config)
+        if config.cuda_graphs and (not cuda or config.compile or distributed or self.amp == "fp16"):
+            raise ValueError(f"--cuda-graphs needs a CUDA device, without --compile, DDP or --amp fp16 "
+                             f"(training on {self.device}{', compiled' if config.compile else ''}"
+                             f"{', DDP' if distributed else ''}, amp {self.amp})")
+        graph_ready = config.cuda_graphs or graph_ready
+        self.opt_G, self.fused = make_adam([*m.G_AB.parameters(), *m.G_BA.parameters()], config, graph_ready)
+        self.opt_D, _ = make_adam([*m.D_A.parameters(), *m.D_B.parameters()], config, graph_ready)
+        self.graph = StepGraph(self) if config.cuda_graphs else None
         self.pool_A = ImagePool(config.pool_size, seed=config.seed + 1, device=self.device)
         self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2, device=self.device)
         self.ema = None
@@ -203,14 +254,37 @@ class Trainer:
         self._reset_counters(skipped=0)
 
     def _reset_counters(self, skipped: int) -> None:
-        """The device-side tallies: loss sums and finite steps since the last read; skipped steps in all,
-        and (step, 1 generator / 2 discriminator, loss) of the first non-finite loss since the last check."""
+        """The device-side tallies, updated in place (a CUDA graph replays into the same tensors): the
+        step count; loss sums (in `loss_names` order) and finite steps since the last read; skipped steps
+        in all; (step, 1 generator / 2 discriminator, loss) of the first non-finite loss since the last check."""
         zeros = lambda: torch.zeros((), device=self.device)  # noqa: E731
-        self.loss_sums: dict[str, torch.Tensor] = {}
+        self.step_count = zeros() + self.step
+        self.loss_names: list[str] = []
+        self.loss_sums = torch.zeros(0, device=self.device)
         self.finite_steps = zeros()
         self.skipped = zeros() + skipped
         self.first_bad = torch.tensor([-1.0, 0.0, 0.0], device=self.device)
         self.skipped_read = skipped
+
+    @contextmanager
+    def undone(self):
+        """Steps taken inside (with skip=True: no weight changes) leave no trace: the pools, their
+        random draws and the tallies are put back as they were."""
+        pools = [(pool, None if pool.images is None else pool.images.clone(), pool.filled, pool.rng.get_state())
+                 for pool in (self.pool_A, self.pool_B)]
+        tallies = [t.clone() for t in (self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad)]
+        names = list(self.loss_names)
+        yield
+        for pool, images, filled, rng in pools:
+            if images is not None:
+                pool.images.copy_(images)
+            pool.filled = filled
+            pool.rng.set_state(rng)
+        if not names:  # the loss sums were made inside: they stay (a graph adds into them), at zero
+            tallies[1] = torch.zeros_like(self.loss_sums)
+        for tensor, saved in zip((self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad),
+                                 tallies):
+            tensor.copy_(saved)
 
     def reset_ema(self) -> None:
         for name in ("G_AB", "G_BA"):
@@ -226,7 +300,10 @@ class Trainer:
         lr = self.config.lr * factor
         for opt in (self.opt_G, self.opt_D):
             for group in opt.param_groups:
-                group["lr"] = lr
+                if isinstance(group["lr"], torch.Tensor):  # read by a CUDA graph: changed in place
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
         return lr
 
     def _autocast(self):
@@ -253,10 +330,22 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One generator and one discriminator update. Returns the detached loss terms (tensors
-        on the device: the loop reads them, summed, once per logging window)."""
-        c, m = self.config, self.model
+        on the device: the loop reads them, summed, once per logging window). With --cuda-graphs, a
+        replay of the captured step once the pools are full."""
         real_A = batch["A"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         real_B = batch["B"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        if self.graph is not None and self.pool_A.full and self.pool_B.full:
+            losses = self.graph.replay(real_A, real_B)
+        else:
+            losses = self.step_on(real_A, real_B)
+        self.step += 1
+        return losses
+
+    def step_on(self, real_A: torch.Tensor, real_B: torch.Tensor, skip: bool = False) -> dict[str, torch.Tensor]:
+        """The step's device work on batches already on the device, with no host read and no host
+        value that changes from step to step (so that it can be captured as a CUDA graph); `skip`
+        computes everything but updates no weight (the graph's warm-up)."""
+        c, m = self.config, self.model
         n = real_A.shape[0]
         use_identity = c.lambda_identity > 0
 
@@ -286,7 +375,7 @@ class Trainer:
                 losses["idt_A"] = weight * identity_loss(real_A, idt_A.float())
                 losses["idt_B"] = weight * identity_loss(real_B, idt_B.float())
             loss_G = sum(losses.values())
-        bad_G = ~torch.isfinite(loss_G)
+        bad_G = ~torch.isfinite(loss_G) | skip
         self._update(loss_G, self.opt_G, bad_G)
 
         # Discriminators, on real images and on fakes drawn from the pools.
@@ -305,33 +394,34 @@ class Trainer:
         self._update(loss_D, self.opt_D, bad_G | bad_D)
         if self.scaler is not None:
             self.scaler.update()
-        if self.ema is not None:  # after a skipped step it moves towards the unchanged weights
+        if self.ema is not None and not skip:  # after a skipped step it moves towards the unchanged weights
             self.update_ema()
-        self.step += 1
         losses = {k: v.detach() for k, v in losses.items()}
         self._tally(losses, bad_G, bad_D, loss_G.detach(), loss_D.detach())
         return losses
 
     @torch.no_grad()
+    @torch.no_grad()
     def _tally(self, losses: dict[str, torch.Tensor], bad_G: torch.Tensor, bad_D: torch.Tensor,
                loss_G: torch.Tensor, loss_D: torch.Tensor) -> None:
+        if not self.loss_names:  # the terms are known at the first step (the identity terms or not)
+            self.loss_names, self.loss_sums = list(losses), torch.zeros(len(losses), device=self.device)
         bad = bad_G | bad_D
-        for k, v in losses.items():
-            self.loss_sums[k] = self.loss_sums.get(k, 0) + torch.where(bad, 0.0, v.float())
-        self.finite_steps += ~bad
-        self.skipped += bad
-        this = torch.stack([torch.full_like(self.finite_steps, self.step), torch.where(bad_G, 1.0, 2.0),
+        self.step_count.add_(1)
+        self.loss_sums.add_(torch.where(bad, 0.0, torch.stack([losses[k].float() for k in self.loss_names])))
+        self.finite_steps.add_(~bad)
+        self.skipped.add_(bad)
+        this = torch.stack([self.step_count, torch.where(bad_G, 1.0, 2.0),
                             torch.where(bad_G, loss_G.float(), loss_D.float())])
-        self.first_bad = torch.where(bad & (self.first_bad[0] < 0), this, self.first_bad)
+        self.first_bad.copy_(torch.where(bad & (self.first_bad[0] < 0), this, self.first_bad))
 
     def read_losses(self) -> dict[str, float]:
         """The mean of each loss over the finite steps since the last read (one read of the device),
         and "skipped_steps", the non-finite steps of the whole run; starts a new window."""
-        names = list(self.loss_sums)
-        values = torch.stack([*self.loss_sums.values(), self.finite_steps, self.skipped]).tolist()
-        *sums, finite, skipped = values
-        self.loss_sums, self.finite_steps = {}, torch.zeros((), device=self.device)
-        means = {k: s / finite for k, s in zip(names, sums)} if finite else {}
+        *sums, finite, skipped = torch.cat([self.loss_sums, self.finite_steps[None], self.skipped[None]]).tolist()
+        self.loss_sums.zero_()
+        self.finite_steps.zero_()
+        means = {k: s / finite for k, s in zip(self.loss_names, sums)} if finite else {}
         return {**means, "skipped_steps": skipped}
 
     def check_finite(self) -> int:
@@ -418,6 +508,8 @@ class Trainer:
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
         self._reset_counters(skipped=int(state.get("skipped_steps", 0)))
+        if self.graph is not None:
+            self.graph = StepGraph(self)  # captured anew, on these tensors
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

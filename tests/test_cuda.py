@@ -217,3 +217,14 @@ def test_ddp_with_nccl_on_two_gpus(dataroot, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(out)["step"] == 4
     assert "training on cuda:0" in result.stderr
+
+
+def test_cuda_graphs_step_as_the_eager_one():
+    """--cuda-graphs (captured once the pools are full) against the eager step: the same losses at the
+    first replayed step, G's output within 40 dB after 50 steps with a pool of 2, and a learning rate
+    set after capture still read by the graph (benchmarks/reference.graphs_against_eager, which
+    gpu_check.sh runs first and falls back from)."""
+    from benchmarks.reference import graphs_against_eager
+    r = graphs_against_eager(torch.device("cuda"), SMALL)
+    assert r["first_replayed_step_max_rel_loss_diff"] <= 1e-4 and r["psnr_after_steps_db"] >= 40, r
+    assert r["lr_zero_keeps_weights"] and r["ok"]

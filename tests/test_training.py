@@ -486,3 +486,36 @@ def test_data_on_the_device_trains_exactly_as_the_loader(dataroot, tmp_path):
         weights[on_device] = CycleGAN.from_pretrained(train(config, TINY) / "model").state_dict()
     assert weights["yes"].keys() == weights["no"].keys()
     assert all(torch.equal(weights["yes"][k], weights["no"][k]) for k in weights["no"])
+
+
+def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
+    """What --cuda-graphs relies on, on the CPU (the capture itself needs CUDA: tests/test_cuda.py):
+    warm-up steps with skip=True inside `undone()` change nothing a later step sees, and the learning
+    rate lives in a tensor that the optimiser reads at each step (a replayed graph reads it too)."""
+    g = torch.Generator().manual_seed(0)
+    batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(5)]
+    config = TrainConfig(amp="none", pool_size=2, ema_decay=0.9)
+    plain, warmed = Trainer(config, TINY, graph_ready=True), Trainer(config, TINY, graph_ready=True)
+    for i, b in enumerate(batches):
+        if i in (0, 3):  # before the first step (state built lazily) and with the pools full
+            with warmed.undone():
+                for _ in range(3):
+                    warmed.step_on(b["A"], b["B"], skip=True)
+        plain.train_step(b)
+        warmed.train_step(b)
+        for t in (plain, warmed):
+            t.set_lr(0.5)
+    assert plain.read_losses() == warmed.read_losses()
+    want, got = plain.state_dict(), warmed.state_dict()
+    flat = lambda d: [v for v in torch.utils._pytree.tree_leaves(d) if isinstance(v, torch.Tensor)]  # noqa: E731
+    for key in ("G_AB", "G_BA", "D_A", "D_B", "G_AB_ema", "opt_G", "opt_D", "pool_A", "pool_B"):
+        a, b = flat(want[key]), flat(got[key])
+        assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b)), key
+    lr = plain.opt_G.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and lr.item() == pytest.approx(1e-4)
+    plain.set_lr(0.0)
+    before = state(plain)
+    plain.train_step(batches[0])
+    assert changed(before, state(plain), ("G_AB.", "G_BA.", "D_A.", "D_B.")) == []  # lr 0: no weight moves
+    with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
+        Trainer(TrainConfig(cuda_graphs=True), TINY)
