@@ -1,0 +1,232 @@
+"""Other CPU backends for the generator beside eager float32 (as translate() runs it): torch.compile,
+ONNX Runtime on the project's own ONNX export and, where the CPU has VNNI, int8 (ONNX Runtime static
+quantization). Both model sizes, one image at 256 and 512 px, timed interleaved; speed-up against eager
+float32 and 8-bit PSNR against it; a markdown table and benchmarks/backends.json.
+
+    python benchmarks/backends.py --data ../shared/datasets/horse2zebra   # ~10 min on 2 busy Zen 3 cores
+    python benchmarks/backends.py --quick                                  # fewer repeats
+    python benchmarks/backends.py --int8 yes   # int8 even without VNNI (its accuracy; its speed says nothing there)
+
+A backend is worth adopting (issue 27) when it is >= 1.2x faster than eager float32 at >= 45 dB on both
+model sizes at 256 px, in more than one run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks.bench import (PREVIEW, compare_8bit, machine_info, photos, sample_photo, table, timed,  # noqa: E402
+                              trained_briefly)
+from cyclegan import CycleGAN  # noqa: E402
+from cyclegan.data import load_rgb, to_tensor  # noqa: E402
+from cyclegan.export_onnx import export  # noqa: E402
+from cyclegan.files import write_atomic  # noqa: E402
+from cyclegan.inference import run_any_size  # noqa: E402
+
+BACKENDS = ("eager fp32", "torch.compile", "onnxruntime", "onnxruntime int8")
+FIELDS = ("model", "size", "backend", "min_ms", "median_ms", "n", "speedup", "psnr_db", "max_levels",
+          "within_1_level")
+SPEEDUP, PSNR_DB = 1.2, 45.0  # issue 27's bar for adopting a backend
+CALIBRATION_PHOTOS = 4
+CPU = torch.device("cpu")
+
+
+def vnni_flags() -> list[str]:
+    """The VNNI flags (int8 dot products in hardware) /proc/cpuinfo lists; empty where it has none."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    return [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+
+
+def session_options(threads: int):
+    """ONNX Runtime's options here: as many intra-op threads as torch uses, one inter-op thread,
+    sequential execution, all graph optimisations; spinning and the rest at their defaults."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def describe_options(threads: int) -> dict:
+    return {"providers": ["CPUExecutionProvider"], "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+            "execution_mode": "sequential", "graph_optimization_level": "all", "allow_spinning": "default (on)"}
+
+
+def export_onnx(model: CycleGAN, folder: Path) -> Path:
+    """G_AB of `model` through cyclegan.export_onnx.export (save the model folder, export A2B)."""
+    model.save_pretrained(folder / "model")
+    path = folder / "A2B.onnx"
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter's progress lines
+        warnings.simplefilter("ignore")
+        export(str(folder / "model"), str(path), "A2B")
+    return path
+
+
+def quantize_int8(path: Path, calibration: list[torch.Tensor]) -> Path:
+    """Static int8 quantization (QDQ) of the ONNX file's convolutions: weights int8 per channel,
+    activations uint8 with ranges calibrated (min/max) on `calibration`; instance norm, padding and
+    tanh stay float32."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter([{"image": x.numpy()} for x in calibration])
+
+        def get_next(self):
+            return next(self.left, None)
+
+    out = path.with_name(path.stem + ".int8.onnx")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantize_static(str(path), str(out), Images(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv", "ConvTranspose"], per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def ort_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+
+def calibration_images(data: Path, size: int) -> list[torch.Tensor]:
+    """A few training photos (not the timed test photo) at `size`, or the synthetic image without data."""
+    files = photos(data, "trainA")[:CALIBRATION_PHOTOS]
+    images = [load_rgb(f).resize((size, size), Image.BICUBIC) for f in files] or [sample_photo(data, size, size)]
+    return [to_tensor(im).unsqueeze(0) for im in images]
+
+
+def bench_backends(models: dict[str, CycleGAN], sizes: dict[int, int], data: Path, workdir: Path,
+                   backends: tuple[str, ...] = BACKENDS, int8: bool | None = None, warmup: int = 1) -> dict:
+    """Each model's G_AB on one image of each size (`sizes`: size -> interleaved repeats) in each of
+    `backends`; int8 only where `int8` is True, or None and the CPU has VNNI. Returns {"rows": one per
+    model, size and backend, "compile_s": per model and size, "skipped": backend -> why}."""
+    threads = torch.get_num_threads()
+    vnni = vnni_flags()
+    skipped: dict[str, str] = {}
+    if "onnxruntime int8" in backends and not (int8 if int8 is not None else bool(vnni)):
+        skipped["onnxruntime int8"] = ("this CPU has no VNNI (avx512_vnni or avx_vnni in /proc/cpuinfo): "
+                                       "int8 convolutions are emulated with 16-bit arithmetic there"
+                                       if not vnni else "turned off (--int8 no)")
+        print(f"int8: skipped, {skipped['onnxruntime int8']}")
+    run = [b for b in backends if b not in skipped]
+    row = table(f"The generator, one image, {threads} threads (ms min / median; speed-up of medians against eager "
+                "fp32; 8-bit PSNR against eager fp32 / largest difference in levels):",
+                ["model", "size", "backend", "ms", "speed-up", "PSNR vs eager fp32"])
+    rows, compile_s = [], {}
+    for label, model in models.items():
+        G = model.G_AB.eval()
+        folder = workdir / f"model{len(compile_s)}"
+        runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+            "eager fp32": lambda x: run_any_size(G, x, max_side=None, precision="fp32")}
+        if "onnxruntime" in run or "onnxruntime int8" in run:
+            start = time.perf_counter()
+            path = export_onnx(model, folder)
+            print(f"({label}: exported to ONNX in {time.perf_counter() - start:.0f} s)")
+            if "onnxruntime" in run:
+                runners["onnxruntime"] = ort_runner(path, threads)
+            if "onnxruntime int8" in run:
+                start = time.perf_counter()
+                qpath = quantize_int8(path, calibration_images(data, min(sizes)))
+                print(f"({label}: quantized to int8 in {time.perf_counter() - start:.0f} s)")
+                runners["onnxruntime int8"] = ort_runner(qpath, threads)
+        compile_s[label] = {}
+        for size, repeats in sizes.items():
+            x = to_tensor(sample_photo(data, size, size)).unsqueeze(0)
+            variants = {name: (lambda f=f: f(x)) for name, f in runners.items()}
+            if "torch.compile" in run:
+                torch._dynamo.reset()  # each model and size compiled afresh, for static shapes; its time measured
+                compiled = torch.compile(G, dynamic=False)
+                start = time.perf_counter()
+                run_any_size(compiled, x, max_side=None, precision="fp32")
+                compile_s[label][size] = time.perf_counter() - start
+                print(f"({label}, {size} px: torch.compile's first call took {compile_s[label][size]:.1f} s)")
+                variants["torch.compile"] = lambda c=compiled: run_any_size(c, x, max_side=None, precision="fp32")
+            variants = {name: variants[name] for name in backends if name in variants}
+            t = timed(variants, repeats, warmup, CPU)
+            ref = variants["eager fp32"]()
+            for name, fn in variants.items():
+                c = compare_8bit(fn(), ref)
+                s = t[name]
+                rows.append(r := {"model": label, "size": size, "backend": name, "min_ms": s["min"] * 1000,
+                                  "median_ms": s["median"] * 1000, "p95_ms": s["p95"] * 1000, "n": s["n"],
+                                  "speedup": t["eager fp32"]["median"] / s["median"], **c})
+                db = "identical" if c["psnr_db"] == float("inf") else f"{c['psnr_db']:.1f} dB"
+                row(label, size, name, f"{r['min_ms']:.0f} / {r['median_ms']:.0f}", f"{r['speedup']:.2f}x",
+                    f"{db} / {c['max_levels']}")
+    return {"rows": rows, "compile_s": compile_s, "skipped": skipped,
+            "onnxruntime_session": describe_options(threads), "vnni": vnni}
+
+
+def verdict(rows: list[dict], size: int = 256) -> dict[str, str]:
+    """Per backend: whether it met issue 27's bar (>= 1.2x, >= 45 dB) for every model at `size` px."""
+    out = {}
+    for backend in sorted({r["backend"] for r in rows} - {"eager fp32"}):
+        mine = [r for r in rows if r["backend"] == backend and r["size"] == size]
+        ok = bool(mine) and all(r["speedup"] >= SPEEDUP and r["psnr_db"] >= PSNR_DB for r in mine)
+        out[backend] = (f"{'met' if ok else 'NOT met'} at {size} px: "
+                        + ", ".join(f"{r['model']} {r['speedup']:.2f}x at {r['psnr_db']:.1f} dB" for r in mine))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (4 at 256 px, 2 at 512)")
+    parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--data", type=Path, default=ROOT / "datasets" / "horse2zebra",
+                        help="horse2zebra: the timed test photo, int8's calibration photos and the default-size "
+                             "model's brief training; without it a synthetic image (default: %(default)s)")
+    parser.add_argument("--int8", choices=("auto", "yes", "no"), default="auto",
+                        help="auto: only where the CPU has VNNI (default)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "backends.json")
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    import onnxruntime as ort
+    m = {**machine_info(), "onnxruntime": ort.__version__, "vnni": vnni_flags()}
+    print(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'] + m['vnni']) or 'no AVX2'}), "
+          f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, {m['threads']} threads, "
+          f"load average {m['load_average_at_start'][0]:.2f} at start.")
+    started = time.perf_counter()
+    models = {"preview (ngf 32, 6 blocks)": CycleGAN.from_pretrained(PREVIEW),
+              "default (ngf 64, 9 blocks, trained briefly)": trained_briefly(args.data)}
+    sizes = {256: 4, 512: 2} if args.quick else {256: 10, 512: 5}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench_backends(models, sizes, args.data, Path(tmp),
+                                int8={"auto": None, "yes": True, "no": False}[args.int8])
+    r = {"command": " ".join(["python benchmarks/backends.py", *(argv if argv is not None else sys.argv[1:])]),
+         "quick": args.quick, "machine": m,
+         "weights": {"preview": str(PREVIEW.relative_to(ROOT)),
+                     "default": models["default (ngf 64, 9 blocks, trained briefly)"].info.get("trained", "random init")},
+         **result, "verdict_256px": verdict(result["rows"]),
+         "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "seconds": time.perf_counter() - started}
+    print(f"\nLoad average {r['load_average_at_end'][0]:.2f} at end.\nIssue 27's bar (>= {SPEEDUP}x at >= {PSNR_DB:.0f} dB "
+          "on both models at 256 px):", *(f"- {k}: {v}" for k, v in r["verdict_256px"].items()), sep="\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out, (json.dumps(r, indent=2) + "\n").encode())
+    print(f"\nwrote {args.out} ({r['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
