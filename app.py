@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,6 +33,7 @@ from PIL import Image
 from cyclegan import CycleGAN
 from cyclegan.data import ImageError, load_rgb
 from cyclegan.files import DownloadError, one_line
+from cyclegan.inference import cpu_precision
 from cyclegan.translate import AUTHORS, VideoError, load_model as load_any, translate_video as video_to_video
 
 ROOT = Path(__file__).resolve().parent
@@ -45,6 +47,9 @@ MAX_SIDE = int(os.environ.get("CYCLEGAN_MAX_SIDE", 1024))
 MAX_PIXELS = int(os.environ.get("CYCLEGAN_MAX_PIXELS", 40_000_000))
 MAX_VIDEO_PIXELS = int(os.environ.get("CYCLEGAN_MAX_VIDEO_PIXELS", 100_000_000))
 CONCURRENCY = int(os.environ.get("CYCLEGAN_CONCURRENCY", 1))
+# The images' models run in threads of their own, the same ones each time, rather than in whichever of
+# Gradio's worker threads takes the request: each thread that calls torch gets its own OpenMP team.
+MODEL_THREADS = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="model")
 ALLOW_ANY = os.environ.get("CYCLEGAN_ALLOW_ANY_MODEL") == "1"  # free text: Hub ids and server folders (local use)
 # Cached examples and translated videos live for the life of the process: a cache left by an older
 # version of the app or of the weights is never served.
@@ -133,7 +138,7 @@ def run_cycle(image: str | None, direction: str, identity: bool, model: str | No
         raise gr.Error(f"Cannot use {name}: {str(e).split(': ', 1)[-1]}") from None
     net, name = get_model(model, identity)
     start = time.perf_counter()
-    fake, rec = net.cycle(x, direction, max_side=MAX_SIDE, large=large)
+    fake, rec = MODEL_THREADS.submit(net.cycle, x, direction, max_side=MAX_SIDE, large=large).result()
     seconds = time.perf_counter() - start
     error = float(np.abs(np.asarray(x, np.float32) - np.asarray(rec, np.float32)).mean() / 127.5)
     src, dst = net.domains(direction)
@@ -227,26 +232,31 @@ def translate_video(video: str | None, direction: str = "A2B", identity: bool = 
 
 def about(models: dict[str, dict[bool, str]]) -> str:
     """The models on offer as a small table: how they were made and their FID/KID, from config.json."""
-    rows = ["| model | checkpoint | generator | trained | FID A→B / B→A | KID A→B / B→A |", "|---|---|---|---|---|---|"]
+    rows = ["| model | checkpoint | generator | trained | FID A→B / B→A | KID A→B / B→A | arithmetic here |",
+            "|---|---|---|---|---|---|---|"]
     for name, entry in models.items():
         for identity, source in entry.items() if entry[True] != entry[False] else [(None, entry[True])]:
             which = "" if identity is None else "with identity loss" if identity else "without"
             if source.startswith(AUTHORS) and source not in LOADED:
-                rows.append(f"| {name} | {which} | downloaded on first use | by the authors | | |")
+                rows.append(f"| {name} | {which} | downloaded on first use | by the authors | | | |")
                 continue
             try:
                 m = load_model(source)
             except (OSError, ValueError):
-                rows.append(f"| {name} | {which} | could not be loaded | | | |")
+                rows.append(f"| {name} | {which} | could not be loaded | | | | |")
                 continue
             c, info = m.config, m.info
             a, b = c.domain_A, c.domain_B
             metric = lambda kind: " / ".join(f"{info.get('metrics', {}).get(f'{kind} {s}→{t}', '–')}" for s, t in ((a, b), (b, a)))
             trained = (f"{info['steps']:,} steps at {info.get('image_size', '?')} px" if info.get("steps") else
                        "by the authors" if "converted_from" in info.get("training", {}) else "")
-            rows.append(f"| {name} | {which} | ngf {c.ngf}, {c.n_blocks} blocks | {trained} | {metric('FID')} | {metric('KID')} |")
+            # precision "auto" on the CPU: timed once per network shape (the first request would otherwise pay it)
+            arithmetic = cpu_precision(m.G_AB) if next(m.parameters()).device.type == "cpu" else "auto"
+            rows.append(f"| {name} | {which} | ngf {c.ngf}, {c.n_blocks} blocks | {trained} | {metric('FID')} | "
+                        f"{metric('KID')} | {arithmetic} |")
     return ("\n".join(rows) + "\n\nFID and KID against the real test images of the target domain (lower is "
-            "better); the published CycleGAN reaches FID 77 on horse → zebra. See the README for details.")
+            "better); the published CycleGAN reaches FID 77 on horse → zebra. The arithmetic is what precision "
+            "\"auto\" measured fastest on this server's CPU. See docs/results.md and docs/performance.md.")
 
 
 MODELS = configured_models()

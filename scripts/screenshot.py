@@ -34,8 +34,14 @@ OUTPUTS = ("x | G(x): drag to compare", "reconstruction F(G(x))")
 PHONE, LAPTOP = (412, 915), (1366, 768)
 
 
+class ServedApp(str):
+    """The URL of an app that serve_app started, and its process (benchmarks/bench.py pauses idle ones)."""
+
+    process: subprocess.Popen
+
+
 @contextlib.contextmanager
-def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", **env: str) -> Iterator[str]:
+def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", **env: str) -> Iterator[ServedApp]:
     """`python app.py` (or another Gradio `script`) on a free 127.0.0.1 port without network use (bundled
     weights, no Hub calls, no analytics), with extra environment variables `env`; yields its URL and stops
     it afterwards."""
@@ -51,7 +57,8 @@ def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", **env
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
-        url = f"http://127.0.0.1:{port}"
+        url = ServedApp(f"http://127.0.0.1:{port}")
+        url.process = proc
         try:
             deadline = time.monotonic() + startup_timeout
             while True:

@@ -97,6 +97,40 @@ def test_app_reports_bad_files_and_keeps_serving(client, photo, tmp_path):
     assert Image.open(result[1]).size == (90, 70)
 
 
+def test_the_page_event_shows_the_translation_in_jpeg_and_reports_errors_in_one_line(client, photo, tmp_path):
+    """/show, the page's own event (not listed on the API page): (x, G(x)) for the slider, F(G(x)), the heat map
+    only when asked for, and the summary; JPEG of the same images as /translate's PNGs."""
+    from gradio_client import handle_file
+    bundled = "horse2zebra preview (bundled)"
+    png = client.predict(handle_file(str(photo)), "B2A", True, bundled, "tile", True, api_name="/translate")
+    for heat in (False, True):
+        pair, rec, heat_map, summary = client.predict(handle_file(str(photo)), "B2A", True, bundled, "tile", heat,
+                                                      api_name="/show")
+        shown = [Image.open(p) for p in (*pair, rec, *([heat_map] if heat else []))]
+        assert [(i.format, i.size) for i in shown] == [("JPEG", (90, 70))] * len(shown)
+        assert (heat_map is None) != heat
+        for jpeg, lossless in zip(shown, (png[0], png[1], png[2], png[3])):
+            # 33.6-35.8 dB measured on this noisy photo (G(x) of examples/horse-1.jpg, zebra-2.jpg: 37.8, 34.6 dB)
+            assert psnr(jpeg, Image.open(lossless).convert("RGB")) >= 32
+        assert summary.startswith("**zebra → horse** with `horse2zebra-identity` · 90×70 px")
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is text, not a picture")
+    with pytest.raises(Exception) as e:
+        client.predict(handle_file(str(bad)), "A2B", True, bundled, "tile", False, api_name="/show")
+    assert str(e.value).startswith("Cannot use notes.png: not an image file") and "\n" not in str(e.value), str(e.value)
+    api = json.load(urllib.request.urlopen(f"{client.src.rstrip('/')}/gradio_api/info"))["named_endpoints"]
+    assert "/show" not in api  # the page's, not an API
+
+
+def test_translate_outputs_stay_png_and_the_slider_shares_x_and_G_x(client, photo):
+    from gradio_client import handle_file
+    x, fake, rec, heat, pair, summary = client.predict(handle_file(str(photo)), "A2B", True, api_name="/translate")
+    assert heat is None and "cycle error" in summary
+    assert [Image.open(p).format for p in (x, fake, rec, *pair)] == ["PNG"] * 5
+    assert [Image.open(p).tobytes() for p in pair] == [Image.open(p).tobytes() for p in (x, fake)]
+    assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(photo).convert("RGB")))
+
+
 def test_api_page_describes_translate(client):
     import json
     import urllib.request
