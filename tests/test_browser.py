@@ -96,7 +96,8 @@ def test_phone_first_screen_holds_the_controls_and_examples_and_an_example_trans
 # Where an element is on the screen (CSS pixels of the viewport), and the viewport's size.
 IN_VIEW = """
 const b = arguments[0].getBoundingClientRect();
-return {left: b.left, top: b.top, right: b.right, bottom: b.bottom, width: window.innerWidth, height: window.innerHeight};
+return {left: b.left, top: b.top, right: b.right, bottom: b.bottom,
+        width: window.innerWidth, height: window.innerHeight};
 """
 
 
