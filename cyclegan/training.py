@@ -196,7 +196,8 @@ class StepGraph:
         self.graph = torch.cuda.CUDAGraph()
         for pool in (t.pool_A, t.pool_B):
             self.graph.register_generator_state(pool.rng)
-        with torch.cuda.graph(self.graph):
+        # thread_local: the DataLoader's pin-memory thread may call CUDA while this thread captures
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.losses = t.step_on(*self.inputs)
 
 
@@ -482,15 +483,19 @@ class Trainer:
         for name in ("G_AB", "G_BA", "D_A", "D_B"):
             getattr(self.model, name).load_state_dict(state[name])
         for opt, name in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
-            fused = opt.param_groups[0]["fused"]
+            # The checkpoint's run may have had another kernel: this run's settings stay, and its
+            # learning rate stays a device tensor where a CUDA graph reads it.
+            settings = {k: opt.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
+            lr_tensor = isinstance(opt.param_groups[0]["lr"], torch.Tensor)
             opt.load_state_dict(state[name])
-            for group in opt.param_groups:  # a checkpoint from a run with(out) the fused kernel
-                group["fused"] = fused
-                group["foreach"] = None if fused else group.get("foreach")
+            for group in opt.param_groups:
+                group.update(settings)
+                if lr_tensor and not isinstance(group["lr"], torch.Tensor):
+                    group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
                 for p in group["params"]:
                     if "step" in opt.state.get(p, {}):  # the fused kernel keeps its step count beside the weights
                         step = opt.state[p]["step"]
-                        opt.state[p]["step"] = step.to(p.device if fused else "cpu", torch.float32)
+                        opt.state[p]["step"] = step.to(p.device if settings["fused"] else "cpu", torch.float32)
         self.pool_A.load_state_dict(state["pool_A"], self.device)
         self.pool_B.load_state_dict(state["pool_B"], self.device)
         torch.set_rng_state(state["rng_cpu"])

@@ -141,7 +141,10 @@ def plan(args: argparse.Namespace) -> None:
     epochs = max(2, int(max(0.0, args.seconds - args.startup) * rate // steps_per_epoch))
     print(f"(plan: {rate:.1f} steps/s, {steps_per_epoch} steps an epoch, {args.seconds:.0f} s: {epochs} epochs)",
           file=sys.stderr)
-    print(f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}")
+    pace = json.loads(bench.read_text()).get("pace") or {} if bench.is_file() else {}
+    graphs = " --cuda-graphs" if pace.get("cuda_graphs") else ""  # checked against the eager step, and faster
+    print(f"(plan: CUDA graphs {'on' if graphs else 'off'})", file=sys.stderr)
+    print(f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}{graphs}")
 
 
 def failed_steps(steps: list[dict], work: Path) -> list[str]:
@@ -184,7 +187,7 @@ def report(args: argparse.Namespace) -> None:
         "dataset": load(Path(args.dataset, "packed.json")) if args.dataset else None,
         "training": [training_summary(run) for run in sorted((work / "runs").glob("*")) if run.is_dir()],
         "returned": sorted(p.name for p in Path(args.out).iterdir()) if Path(args.out).is_dir() else [],
-        "fid": "measured back on the CPU: see the README's training section (python -m cyclegan.evaluate)",
+        "fid": "measured back on the CPU: see docs/gpu.md and docs/results.md (python -m cyclegan.evaluate)",
     }
     results["failed"] = failed_steps(steps, work)
     Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
