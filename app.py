@@ -184,9 +184,16 @@ def translate(image: str | None, direction: str = "A2B", identity: bool = True, 
         x, G(x), F(G(x)), the heat map (or None), (x, G(x)) for the slider, and a one-line summary
     """
     x, fake, rec, summary = run_cycle(image, direction, identity, model, large)
-    heat = cached(heat_map(x, rec), "png") if show_heat_map else None
-    x_png, fake_png = cached(x, "png"), cached(fake, "png")  # each encoded once, for its output and the slider
-    return x_png, fake_png, cached(rec, "png"), heat, (x_png, fake_png), summary
+    return x, fake, rec, heat_map(x, rec) if show_heat_map else None, (x, fake), summary
+
+
+# /translate as served: translate's images as PNG, x and G(x) each encoded once for their own outputs and
+# the slider's (Gradio would encode each output anew). The API page shows translate's signature and doc.
+@functools.wraps(translate)
+def translate_png(*args, **kwargs):
+    x, fake, rec, heat, _, summary = translate(*args, **kwargs)
+    x, fake = cached(x, "png"), cached(fake, "png")
+    return x, fake, cached(rec, "png"), None if heat is None else cached(heat, "png"), (x, fake), summary
 
 
 def show(image: str | None, direction: str = "A2B", identity: bool = True, model: str | None = None,
@@ -377,7 +384,7 @@ def build_demo() -> gr.Blocks:
         for trigger in (button.click, examples.dataset.click):
             trigger(None, js=SCROLL_TO_RESULT)
         # The whole docstring on the API page: Gradio shows only its first paragraph, without the parameters.
-        api_button.click(translate, inputs, api_outputs, api_name="translate",
+        api_button.click(translate_png, inputs, api_outputs, api_name="translate",
                          api_description=" ".join(translate.__doc__.split()), concurrency_id="model",
                          concurrency_limit=CONCURRENCY)
         video_button.click(translate_video, [video, direction, identity, model], video_out, api_name="translate_video",
