@@ -6,6 +6,7 @@ benchmarks/results.json: generator latency in float32 and in translate()'s defau
     python benchmarks/bench.py            # everything (~10 min on 2 idle CPU cores)
     python benchmarks/bench.py --quick    # fewer sizes, photos and repeats (~3 min)
     python benchmarks/bench.py --device cuda --only generator,training
+    python benchmarks/bench.py --profile  # where a training step's time goes, against a plain loop
 
 Timings are wall-clock, after warm-up, over interleaved repeats (a change in machine load hits all
 variants alike): min and median; speed-ups are ratios of medians. Where the CPU emulates bf16 (~100x
@@ -35,11 +36,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.peak_memory import photo  # noqa: E402
-from benchmarks.reference import bf16_output, naive_train_step, simulated_bf16  # noqa: E402
+from benchmarks.reference import PlainLoop, bf16_output, graphs_against_eager, naive_train_step, simulated_bf16  # noqa: E402
 from cyclegan import CycleGAN, ModelConfig  # noqa: E402
 from cyclegan.data import UnpairedDataset, load_rgb, to_tensor  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
-from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, run_any_size  # noqa: E402
+from cyclegan.inference import autocast_dtype, cpu_has_native_bf16, cpu_precision, run_any_size  # noqa: E402
 from cyclegan.training import Trainer, TrainConfig  # noqa: E402
 
 PREVIEW = ROOT / "weights" / "horse2zebra-identity"
@@ -94,7 +95,7 @@ def machine_info() -> dict:
             "simd": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "native_bf16": cpu_has_native_bf16(), "git_commit": commit.stdout.strip(),
+            "native_bf16": cpu_has_native_bf16(), "amx": "amx_bf16" in flags, "git_commit": commit.stdout.strip(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {})}
 
@@ -155,10 +156,8 @@ def compare_8bit(y: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def bench_generators(device: torch.device, data: Path, repeats: dict[int, int]) -> list[dict]:
     """One image through a generator as translate() runs it (run_any_size, one pass): float32 against
-    the precision "auto" picks here, with the 8-bit PSNR between them and of bf16 against float32."""
-    default = autocast_dtype("auto", device)
-    auto = "fp32" if default is None else "auto"  # where "auto" is float32 it is the same path, timed once
-    precision = str(default or torch.float32).split(".")[-1]
+    the precision "auto" picks here (on the CPU by timing both at 128 px: the choice and its timings
+    are printed), with the 8-bit PSNR between them and of bf16 against float32."""
     nets = {label: G.to(device) for label, G in generators(data, both_previews=False).items()}
     row = table("Generator forward as translate() runs it, one image (ms, min / median); 8-bit PSNR against "
                 "fp32 (dB) / largest difference in levels of 255:",
@@ -166,11 +165,20 @@ def bench_generators(device: torch.device, data: Path, repeats: dict[int, int]) 
                  "bf16 vs fp32" + (" (simulated)" if simulated_bf16(device) else "")])
     rows = []
     for label, G in nets.items():
+        choice = cpu_precision(G) if device.type == "cpu" else None
+        if choice is not None:
+            print(f"(precision auto for {label}: {choice})")
+        default = autocast_dtype("auto", device, G)
+        auto = "fp32" if default is None else "auto"  # where "auto" is float32 it is the same path, timed once
+        precision = str(default or torch.float32).split(".")[-1]
         for size, n in repeats.items():
             x = to_tensor(sample_photo(data, size, size)).unsqueeze(0).to(device)
             run = {p: (lambda p=p: run_any_size(G, x, max_side=None, precision=p)) for p in ("fp32", auto)}
             t, ref = timed(run, n, 1, device), run["fp32"]()
-            rows.append(r := {"model": label, "size": size, "default_precision": precision, "fp32_s": t["fp32"],
+            rows.append(r := {"model": label, "size": size, "default_precision": precision,
+                              "auto_choice": None if choice is None else {"precision": choice.name, "fp32_ms": choice.fp32_ms,
+                                                                          "bf16_ms": choice.bf16_ms},
+                              "fp32_s": t["fp32"],
                               "auto_s": t[auto], "speedup": t["fp32"]["median"] / t[auto]["median"],
                               "auto_vs_fp32": compare_8bit(run[auto](), ref),
                               "bf16_vs_fp32": compare_8bit(bf16_output(G, x), ref)})
@@ -220,45 +228,174 @@ def bench_precision_accuracy(data: Path, n_photos: int, size: int = 256) -> dict
     return out
 
 
+# The floor the app is measured against: the smallest Gradio image app (one image in, the same image out,
+# Gradio's defaults), served in its own process as app.py is.
+MINIMAL_APP = """
+import os
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import gradio as gr
+gr.Interface(lambda image: image, gr.Image(type="pil"), gr.Image(type="pil"), api_name="identity").launch()
+"""
+# The model alone: cycle() as the app calls it (translate()'s defaults, precision "auto"), in a plain process
+# without Gradio, once per line read; prints the seconds.
+CYCLE_ALONE = """
+import sys, time
+from cyclegan import CycleGAN
+from cyclegan.data import load_rgb
+net, x = CycleGAN.from_pretrained(sys.argv[1]), load_rgb(sys.argv[2])
+for _ in sys.stdin:
+    start = time.perf_counter()
+    net.cycle(x, "A2B")
+    print(time.perf_counter() - start, flush=True)
+"""
+# OpenMP's wait policies for the plain process: its default (spin a while between operations: the fastest
+# on idle cores), and PASSIVE (sleep at once: the fastest where other processes want the cores).
+WAIT_POLICIES = ("default", "PASSIVE")
+
+
 def bench_app(data: Path, requests: int) -> dict:
-    """`python app.py` in a subprocess, driven through gradio_client: latency of /translate for one
-    client and for 4 concurrent ones, and the model time the app itself reports in its summary."""
+    """The app end to end beside its floors, interleaved request by request: the smallest Gradio image app
+    (MINIMAL_APP), `python app.py`'s /translate (the API: six outputs, PNG) and the page's own event /show
+    (where the app has one), through gradio_client, and cycle() of the same image in a plain process
+    (CYCLE_ALONE, the faster of two OpenMP wait policies). What the app adds = its latency minus the
+    model's p50 alone, set beside the minimal app's latency. Then 4 concurrent clients of each:
+    requests/s against one client's. Each server runs alone while it is measured: an idle Gradio server
+    still wakes every millisecond (its queue's loop), which takes the cores from the one measured."""
+    import contextlib
+    import signal
+    import urllib.request
+
     # Imported here, not at the top: the GPU machine (scripts/gpu_check.sh) has no gradio or selenium.
     from gradio_client import Client, handle_file
     sys.path.insert(0, str(ROOT / "scripts"))
     from screenshot import serve_app
 
-    def one(client) -> tuple[float, float]:
-        start = time.perf_counter()
-        *_, summary = client.predict(handle_file(str(image)), "A2B", True, api_name="/translate")
-        return time.perf_counter() - start, float(re.search(r"([0-9.]+) s\s*$", summary).group(1))
+    def plain_env(policy: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        return {**env, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                **({"OMP_WAIT_POLICY": policy} if policy != "default" else {})}
 
-    def summary(pairs: list[tuple[float, float]]) -> dict:
-        return {"requests": len(pairs), "latency_s": stats([p[0] for p in pairs]),
-                "model_s": stats([p[1] for p in pairs]), "overhead_s": stats([p[0] - p[1] for p in pairs])}
+    def summary(latencies: list[float], model_p50: float, per_s: float, in_app: list[float]) -> dict:
+        return {"requests": len(latencies), "latency_s": stats(latencies),
+                "overhead_s": stats([t - model_p50 for t in latencies]), "throughput_per_s": per_s,
+                **({"model_in_app_s": stats(in_app)} if in_app else {})}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        image = Path(tmp) / "horse.jpg"
-        sample_photo(data, 256, 256).save(image, quality=95)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        # One file per concurrent client: Gradio rewrites an output's cache file in place when another request
+        # makes the same one, and a client that is reading it then gets an empty file.
+        images, minimal = [Path(tmp) / f"horse-{i}.jpg" for i in range(4)], Path(tmp) / "minimal_app.py"
+        for i, path in enumerate(images):
+            sample_photo(data, 256, 256).save(path, quality=95 - i)
+        image = images[0]
+        minimal.write_text(MINIMAL_APP)
         start = time.perf_counter()
-        with serve_app() as url:
-            startup = time.perf_counter() - start
-            client = Client(url, verbose=False)
-            single = [one(client) for _ in range(requests + 2)][2:]  # after two that warm up
-            clients = [Client(url, verbose=False) for _ in range(4)]
+        app_url = stack.enter_context(serve_app())
+        startup = time.perf_counter() - start
+        minimal_url = stack.enter_context(serve_app(script=minimal))
+        alone = {policy: stack.enter_context(subprocess.Popen(
+            [sys.executable, "-c", CYCLE_ALONE, str(PREVIEW), str(image)], cwd=ROOT, env=plain_env(policy),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)) for policy in WAIT_POLICIES}
+
+        @contextlib.contextmanager
+        def running(url: str | None):
+            """Only the server at `url` (or none) runs; the other is stopped meanwhile."""
+            others = [s for s in (app_url, minimal_url) if s != url]
+            for server in others:
+                server.process.send_signal(signal.SIGSTOP)
+            try:
+                yield
+            finally:
+                for server in others:
+                    server.process.send_signal(signal.SIGCONT)
+
+        def model_alone(worker: subprocess.Popen) -> float:
+            worker.stdin.write("\n")
+            worker.stdin.flush()
+            return float(worker.stdout.readline())
+
+        # The image, then each parameter's default (the direction A2B, the identity checkpoint): an undocumented
+        # endpoint such as /show gets no defaults from gradio_client.
+        info = json.load(urllib.request.urlopen(f"{app_url}/gradio_api/info?all_endpoints=true"))["named_endpoints"]
+        defaults = {name: tuple(p["parameter_default"] for p in info[name]["parameters"][1:])
+                    for name in ("/translate", "/show") if name in info}
+        endpoints = {"minimal app": (minimal_url, "/identity", ()), "/translate": (app_url, "/translate", defaults["/translate"]),
+                     **({"/show (the page)": (app_url, "/show", defaults["/show"])} if "/show" in defaults else {})}
+
+        def call(client, name: str, image: Path = image) -> tuple[float, float | None]:
+            """Seconds of one request, and the model's seconds the app reports in its summary (if any)."""
+            _, api_name, args = endpoints[name]
             start = time.perf_counter()
-            with ThreadPoolExecutor(4) as pool:
-                four = [p for ps in pool.map(lambda c: [one(c) for _ in range(requests // 4)], clients) for p in ps]
-            wall = time.perf_counter() - start
+            result = client.predict(handle_file(str(image)), *args, api_name=api_name)
+            seconds = time.perf_counter() - start
+            found = re.search(r"([0-9.]+) s\s*$", result[-1]) if isinstance(result, (list, tuple)) else None
+            return seconds, float(found.group(1)) if found else None
+
+        def connect(url: str) -> Client:
+            # Without ssl_verify=False gradio_client loads a CA bundle for each HTTP connection it makes (the
+            # upload, the queue, one per output file), plain http:// too: ~75 ms each here, the client's cost.
+            return Client(url, verbose=False, ssl_verify=False)
+
+        clients = {name: connect(url) for name, (url, _, _) in endpoints.items()}
+        one: dict[str, list[tuple[float, float | None]]] = {name: [] for name in endpoints}
+        alone_s: dict[str, list[float]] = {policy: [] for policy in alone}
+        for _ in range(requests + 2):  # rounds of one request each, the first two warm up
+            for name, client in clients.items():
+                with running(endpoints[name][0]):
+                    one[name].append(call(client, name))
+            with running(None):
+                for policy, worker in alone.items():
+                    alone_s[policy].append(model_alone(worker))
+        one = {name: pairs[2:] for name, pairs in one.items()}
+        by_policy = {policy: stats(times[2:]) for policy, times in alone_s.items()}
+        policy = min(by_policy, key=lambda p: by_policy[p]["median"])
+        model_s = by_policy[policy]
+        # Requests/s: 4 concurrent clients, in two batches that alternate with batches of one client, so that
+        # a change in the machine's load reaches both alike.
+        four, walls = {}, {}
+        for name, (url, _, _) in endpoints.items():
+            each, four[name], walls[name] = [connect(url) for _ in range(4)], [], {1: 0.0, 4: 0.0}
+            with running(url):
+                for _ in range(2):
+                    start = time.perf_counter()
+                    for _ in range(requests // 2):
+                        call(clients[name], name)
+                    walls[name][1] += time.perf_counter() - start
+                    start = time.perf_counter()
+                    with ThreadPoolExecutor(4) as pool:
+                        four[name] += [p for ps in pool.map(lambda c, i: [call(c, name, i) for _ in range(requests // 8)],
+                                                            each, images) for p in ps]
+                    walls[name][4] += time.perf_counter() - start
+
+    def runs(name: str) -> dict:
+        floor = 0 if name == "minimal app" else model_s["median"]
+        latencies, pairs = [p[0] for p in one[name]], four[name]
+        return {"one_client": summary(latencies, floor, requests // 2 * 2 / walls[name][1],
+                                      [p[1] for p in one[name] if p[1] is not None]),
+                "four_clients": summary([p[0] for p in pairs], floor, len(pairs) / walls[name][4],
+                                        [p[1] for p in pairs if p[1] is not None])}
+
+    results = {name: runs(name) for name in endpoints}
     out = {"image": "256x256 JPEG, A2B with identity checkpoint (bundled preview model), cycle = 2 generator calls",
-           "startup_s": startup, "one_client": summary(single),
-           "four_clients": {**summary(four), "throughput_per_s": len(four) / wall}}
-    row = table(f"App end to end through gradio_client ({out['image']}; app started in {startup:.1f} s; "
-                "overhead = request latency - the model time the app reports), ms:",
-                ["clients", "requests", "latency p50 / p95", "model p50", "overhead p50 / p95", "throughput"])
-    for n, s in ((1, out["one_client"]), (4, out["four_clients"])):
-        row(n, s["requests"], ms(s["latency_s"], "median", "p95"), ms(s["model_s"], "median"),
-            ms(s["overhead_s"], "median", "p95"), f"{s['throughput_per_s']:.2f}/s" if "throughput_per_s" in s else "")
+           "startup_s": startup, "model_alone_s": model_s, "model_alone_wait_policy": policy,
+           "model_alone_by_wait_policy": by_policy, "minimal_app": results.pop("minimal app"),
+           **results.pop("/translate"), **({"page": results.pop("/show (the page)")} if results else {})}
+    minimal_p50 = out["minimal_app"]["one_client"]["latency_s"]["median"]
+    out["adds_minus_minimal_app_s"] = {name: s["one_client"]["overhead_s"]["median"] - minimal_p50
+                                       for name, s in (("/translate", out), ("/show", out.get("page"))) if s}
+    alone_text = ", ".join(f"{p} {ms(s, 'median')}" for p, s in by_policy.items())
+    row = table(f"App end to end through gradio_client ({out['image']}; app started in {startup:.1f} s), interleaved "
+                f"with the smallest Gradio image app and cycle() alone in a plain process (p50 by OpenMP wait "
+                f"policy: {alone_text} ms); the app adds = latency - the faster p50 alone, ms:",
+                ["endpoint", "clients", "requests", "latency p50 / p95", "model in the app p50", "app adds p50 / p95",
+                 "requests/s"])
+    for name, s in (("minimal app", out["minimal_app"]), ("/translate", out), ("/show (the page)", out.get("page"))):
+        for n in (1, 4) if s else ():
+            c = s["one_client" if n == 1 else "four_clients"]
+            row(name, n, c["requests"], ms(c["latency_s"], "median", "p95"),
+                ms(c["model_in_app_s"], "median") if "model_in_app_s" in c else "",
+                "" if name == "minimal app" else ms(c["overhead_s"], "median", "p95"), f"{c['throughput_per_s']:.2f}")
+    print(f"\nWhat the app adds (p50) beyond the minimal app's p50 ({minimal_p50 * 1000:.0f} ms): "
+          + ", ".join(f"{name} {v * 1000:+.0f} ms" for name, v in out["adds_minus_minimal_app_s"].items()))
     return out
 
 
@@ -313,6 +450,154 @@ def bench_training(device: torch.device, setups: list[tuple[int, int, int]], rep
     return rows
 
 
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def profile_counts(step, steps: int, device: torch.device) -> dict:
+    """Per step of `step()`, from torch.profiler over `steps` steps: ATen calls, scalar reads
+    (`aten::_local_scalar_dense`; on the CPU also those of the fused CPU Adam kernel, which reads its
+    own CPU step counters), kernel launches, host-device synchronisations and the device's busy time."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    step()
+    sync()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    events = prof.events()
+
+    def in_optimiser_kernel(e) -> bool:
+        p = e.cpu_parent
+        while p is not None and not p.name.startswith("aten::_fused_adam"):
+            p = p.cpu_parent
+        return p is not None
+
+    reads = [e for e in events if e.name == "aten::_local_scalar_dense"]
+    device_us = sum(e.device_time for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                    and e.name not in LAUNCH_CALLS and not e.name.startswith(("Memcpy", "Memset")))
+    return {"aten_calls": sum(e.name.startswith("aten::") for e in events) / steps,
+            "scalar_reads": len(reads) / steps,
+            "scalar_reads_outside_fused_adam": sum(not in_optimiser_kernel(e) for e in reads) / steps,
+            "kernel_launches": sum(e.name in LAUNCH_CALLS for e in events) / steps,
+            "syncs": sum(e.name in SYNC_CALLS for e in events) / steps,
+            "device_ms": device_us / 1000 / steps}
+
+
+def bench_profile(device: torch.device, steps: int, graphs: bool = False) -> list[dict]:
+    """Where a training step's time goes: Trainer (the loop's per-step work: set_lr and train_step)
+    beside benchmarks/reference.py's PlainLoop (independent networks, default Adam), `steps`
+    interleaved steps of each timed, then 5 of each profiled. On the CPU the host-bound proxy (width
+    4, 32 px, one thread, fp32: almost no arithmetic, the step is dispatch); on CUDA the real sizes at
+    256 px, Trainer in its default precision and, with `graphs` (graphs_against_eager passed), with
+    --cuda-graphs, timed once its pools are full."""
+    threads = torch.get_num_threads()
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(1)
+        setups = {"previews' layout, width 4, 32 px": (ModelConfig(ngf=4, ndf=4, n_blocks=6), 32),
+                  "paper's layout, width 4, 32 px": (ModelConfig(ngf=4, ndf=4, n_blocks=9), 32)}
+    else:
+        setups = {"previews' model, 256 px": (ModelConfig(ngf=32, n_blocks=6), 256),
+                  "paper's model, 256 px": (ModelConfig(), 256)}
+    configs = {"Trainer": TrainConfig(amp="auto" if cuda else "none")}
+    if graphs:
+        configs["Trainer + CUDA graphs"] = TrainConfig(cuda_graphs=True)
+    row = table(f"Profile of one training step, batch 1, {torch.get_num_threads()} thread(s) (per step: wall ms min / "
+                "median; scalar reads outside the fused Adam kernel in brackets):",
+                ["setup", "loop", "wall ms", "ATen calls", "scalar reads", "kernel launches", "syncs", "device ms",
+                 "plain / this"])
+    rows = []
+    for name, (model_config, size) in setups.items():
+        g = torch.Generator().manual_seed(0)
+        batch = {d: torch.rand(1, 3, size, size, generator=g).mul(2).sub(1).to(device) for d in "AB"}
+        plain = PlainLoop(model_config, device)
+        loops = {"plain loop (reference.PlainLoop)": lambda: plain.step(batch["A"], batch["B"])}
+        for label, config in configs.items():
+            trainer = Trainer(config, model_config, device)
+            for _ in range(config.pool_size + 2 if config.cuda_graphs else 0):  # past the pools' fill and the capture
+                trainer.train_step(batch)
+            loops[label] = lambda t=trainer: (t.set_lr(1.0), t.train_step(batch))
+        wall = timed(loops, steps, 3, device)  # interleaved: a change of load hits all alike
+        base = wall["plain loop (reference.PlainLoop)"]["median"]
+        for loop, fn in loops.items():
+            m = {"wall_ms": {k: v * 1000 if k != "n" else v for k, v in wall[loop].items()},
+                 **profile_counts(fn, 5, device)}
+            rows.append(r := {"setup": name, "loop": loop, **m, "plain_over_this": base / wall[loop]["median"]})
+            row(name, loop, f"{m['wall_ms']['min']:.1f} / {m['wall_ms']['median']:.1f}", f"{m['aten_calls']:.0f}",
+                f"{m['scalar_reads']:.0f} ({m['scalar_reads_outside_fused_adam']:.0f})", f"{m['kernel_launches']:.0f}",
+                f"{m['syncs']:.0f}", f"{m['device_ms']:.2f}", f"{r['plain_over_this']:.2f}x")
+    torch.set_num_threads(threads)
+    return rows
+
+
+def check_graphs(device: torch.device) -> dict:
+    """--cuda-graphs against the eager step (reference.graphs_against_eager); a failure is recorded, not raised."""
+    try:
+        r = graphs_against_eager(device, ModelConfig(ngf=16, ndf=16, n_blocks=3))
+    except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
+        r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+    print(f"\nCUDA graphs against the eager step: {json.dumps(r)}")
+    return r
+
+
+def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False) -> list[dict]:
+    """Trainer at each batch size for both model sizes at 256 px (--tiny: a width-4 model at 32 px):
+    steps/s, images/s (A and B), seconds per horse2zebra epoch (1334 A images), peak device memory and
+    the 200-epoch projection. The authors advise batch 1; a larger one must win on validation FID at
+    equal wall time before it becomes a default."""
+    setups = {"previews' model": ModelConfig(ngf=32, n_blocks=6), "paper's model": ModelConfig()}
+    size = 256
+    if tiny:
+        setups, size = {"width 4": ModelConfig(ngf=4, ndf=4, n_blocks=2, n_layers=2)}, 32
+    row = table(f"Training at each batch size, {size} px, the default precision (per step median; peak device "
+                "memory; projection: 200 epochs of 1334 A images):",
+                ["model", "batch", "steps/s", "images/s", "s/epoch", "peak GiB", "200 epochs"])
+    rows = []
+    for name, model_config in setups.items():
+        for batch_size in sizes:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            g = torch.Generator().manual_seed(0)
+            batch = {d: (torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1).to(device) for d in "AB"}
+            try:
+                trainer = Trainer(TrainConfig(batch_size=batch_size), model_config, device)
+                t = timed({"step": lambda: trainer.train_step(batch)}, 5 if tiny else 20, 3, device)["step"]
+            except torch.OutOfMemoryError:
+                print(f"| {name} | {batch_size} | out of memory |")
+                break
+            per_epoch = math.ceil(STEPS_PER_EPOCH / batch_size) * t["median"]
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            rows.append(r := {"model": name, "batch_size": batch_size, "step_s": t,
+                              "steps_per_s": 1 / t["median"], "images_per_s": 2 * batch_size / t["median"],
+                              "epoch_s": per_epoch, "peak_gib": peak, "projected_200_epochs_h": per_epoch * EPOCHS / 3600})
+            row(name, batch_size, f"{r['steps_per_s']:.1f}", f"{r['images_per_s']:.0f}", f"{per_epoch:.0f}",
+                "-" if peak is None else f"{peak:.1f}", f"{r['projected_200_epochs_h']:.1f} h")
+            del trainer
+    return rows
+
+
+def pace(profile: list[dict]) -> dict:
+    """Issue 26's targets from the profile section on CUDA: the paper's model s/step and the previews'
+    steps/s at batch 1, for the fast path (Trainer, with CUDA graphs where they were checked and are
+    faster) and for the plain loop beside it."""
+    def median_s(setup: str, loop: str) -> float | None:
+        found = [r["wall_ms"]["median"] / 1000 for r in profile if r["setup"].startswith(setup) and r["loop"] == loop]
+        return found[0] if found else None
+
+    graphs = all((median_s(m, "Trainer + CUDA graphs") or math.inf) < median_s(m, "Trainer") for m in ("paper", "previews"))
+    fast = "Trainer + CUDA graphs" if graphs else "Trainer"
+    plain = "plain loop (reference.PlainLoop)"
+    return {"paper_batch1_s_per_step": median_s("paper", fast), "preview_batch1_steps_per_s": 1 / median_s("previews", fast),
+            "fast_path": fast, "cuda_graphs": graphs,
+            "plain": {"paper_batch1_s_per_step": median_s("paper", plain),
+                      "preview_batch1_steps_per_s": 1 / median_s("previews", plain)}}
+
+
 def bench_data_loading(data: Path, workers: list[int], batches: int) -> list[dict]:
     """Pairs/s the data pipeline (decode, resize to 286, crop 256, flip) delivers, without any model."""
     if not photos(data, "trainA"):
@@ -332,12 +617,31 @@ def bench_data_loading(data: Path, workers: list[int], batches: int) -> list[dic
 
 def check_targets(r: dict) -> dict[str, str]:
     """The issues' targets: what this run measured, and whether that meets them."""
-    p50 = [r["app"]["one_client"]["overhead_s"]["median"] * 1000] if r.get("app") else []
-    checks = [("default generator 256 px, default precision >= 1.6x fp32 at PSNR >= 45 dB",  # issue 13
+    app = r.get("app") or {}
+    amx = r.get("machine", {}).get("amx", False)  # issue 27: never slower than fp32; 1.6x where AMX runs bf16
+    floor = 1.6 if amx else 0.97
+    checks = [(f"{x['model']} {x['size']} px, default precision >= {floor}x fp32 at PSNR >= 45 dB",
                f"{x['default_precision']}: {x['speedup']:.2f}x, PSNR {psnr(x['auto_vs_fp32'])}",
-               x["speedup"] >= 1.6 and x["auto_vs_fp32"]["psnr_db"] >= 45)
-              for x in r.get("generator", []) if x["model"].startswith("default") and x["size"] == 256]
-    checks += [("app overhead p50 < 150 ms", f"{v:.0f} ms", v < 150) for v in p50]
+               x["speedup"] >= floor and x["auto_vs_fp32"]["psnr_db"] >= 45)
+              for x in r.get("generator", []) if x["size"] == 256]
+    if r.get("pace", {}).get("paper_batch1_s_per_step"):  # issue 26, on CUDA
+        p = r["pace"]
+        checks += [("paper's model, batch 1: <= 0.020 s a step", f"{p['paper_batch1_s_per_step']:.4f} s",
+                    p["paper_batch1_s_per_step"] <= 0.020),
+                   ("previews' model, batch 1: >= 100 steps/s", f"{p['preview_batch1_steps_per_s']:.1f}",
+                    p["preview_batch1_steps_per_s"] >= 100)]
+    checks += [(f"host overhead per step >= 1.3x below the plain loop ({x['setup']})",  # issue 26
+                f"{x['plain_over_this']:.2f}x", x["plain_over_this"] >= 1.3)
+               for x in r.get("profile", []) if x["loop"] == "Trainer" and "width 4" in x["setup"]]
+    # issue 27: what the app adds to the model (p50, one client) within 100 ms of the smallest Gradio
+    # image app measured beside it, and 4 clients served at least as many requests/s as one
+    checks += [(f"app {endpoint}: adds <= 100 ms more than the minimal Gradio app", f"{extra * 1000:.0f} ms",
+                extra <= 0.100) for endpoint, extra in app.get("adds_minus_minimal_app_s", {}).items()]
+    for endpoint, measured in (("/translate", app), ("/show", app.get("page") or {})):
+        if measured.get("four_clients"):
+            one, four = measured["one_client"]["throughput_per_s"], measured["four_clients"]["throughput_per_s"]
+            checks.append((f"app {endpoint}: 4 clients >= 1 client in requests/s", f"{four:.2f} vs {one:.2f}",
+                           four >= one))
     checks += [(f"4096x3072 peak memory <= 3 GB ({x['model']})", f"{x['peak_rss_gb']:.2f} GB, output "
                 f"{x['output'][0]}x{x['output'][1]}", x["peak_rss_gb"] <= 3 and x["output"] == x["input"])
                for x in r.get("big_photo", [])]
@@ -354,7 +658,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "datasets" / "horse2zebra",
                         help="horse2zebra (trainA, testA); without it a synthetic image (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--only", default="", help="comma-separated sections: generator,accuracy,app,big,training,data")
+    parser.add_argument("--only", default="",
+                        help="comma-separated sections: generator,accuracy,app,big,training,profile,batches,data")
+    parser.add_argument("--profile", action="store_true",
+                        help="only where a training step's time goes (the profile section; --only profile)")
     parser.add_argument("--tiny", action="store_true",
                         help="training: an 8-channel, 2-block model at 32 px, once (scripts/gpu_check.sh --dry-run)")
     args = parser.parse_args(argv)
@@ -363,7 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     device, quick, data = torch.device(args.device), args.quick, args.data
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    sections = set(args.only.split(",")) if args.only else {"generator", "accuracy", "app", "big", "training", "data"}
+    sections = set(args.only.split(",")) if args.only else {"generator", "accuracy", "app", "big", "training",
+                                                             "profile", "data"}
+    if args.profile:
+        sections = {"profile"}
     r: dict = {"command": " ".join(["python benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]),
                "quick": quick, "device": device.type, "machine": (m := machine_info())}
     print(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), native bf16 {m['native_bf16']}, "
@@ -385,6 +695,15 @@ def main(argv: list[str] | None = None) -> int:
         if quick and not args.tiny:
             setups = setups[1:] if device.type == "cuda" else setups[:1]
         r["training"] = bench_training(device, setups, 1 if args.tiny else 2 if quick else 4)
+    if "profile" in sections:
+        if device.type == "cuda":
+            r["graphs_check"] = check_graphs(device)
+        r["profile"] = bench_profile(device, 10 if args.tiny else 20 if quick else 40,
+                                     graphs=r.get("graphs_check", {}).get("ok", False))
+        if device.type == "cuda":
+            r["pace"] = pace(r["profile"])
+    if "batches" in sections:
+        r["batches"] = bench_batches(device, [1, 2] if args.tiny else [1, 2, 4, 8, 16], args.tiny)
     if "data" in sections:
         r["data_loading"] = bench_data_loading(data, [0, 2], 20 if quick else 100)
     r["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
