@@ -249,6 +249,9 @@ def test_models_that_cannot_be_loaded_are_reported_and_the_default_falls_back(tm
     assert f"cannot load {broken}: {broken / 'model.safetensors'}: cannot be read as safetensors" in done.stderr
     assert "| tiny-good / tiny-broken | without | could not be loaded |" in r["about"]
     assert "| tiny-good / tiny-broken | with identity loss | ngf 8, 2 blocks |" in r["about"]
+    # the arithmetic precision "auto" chose on this CPU, and the timings it chose by (where it timed)
+    assert re.search(r"\| (fp32 \(this CPU has no bf16 in hardware\)|(fp32|bf16) \(measured at 128 px: fp32 \d+ ms, "
+                     r"bf16 \d+ ms a call\)) \|\n", r["about"]), r["about"]
 
     monkeypatch.setenv("CYCLEGAN_MODELS", f"{broken},{good}")
     done = run_python(["-c", APP_CHOICES, str(photo)])
