@@ -42,11 +42,15 @@ class PrecisionChoice:
     def name(self) -> str:
         return "bf16" if self.dtype == torch.bfloat16 else "fp32"
 
-    def __str__(self) -> str:
+    @property
+    def reason(self) -> str:
         if self.bf16_ms is None:
-            return "fp32 (this CPU has no bf16 in hardware)"
-        return (f"{self.name} (measured at {MEASURE_SIZE} px: fp32 {self.fp32_ms:.0f} ms, "
-                f"bf16 {self.bf16_ms:.0f} ms a {'training step' if self.training else 'call'})")
+            return "this CPU has no bf16 in hardware"
+        return (f"measured at {MEASURE_SIZE} px: fp32 {self.fp32_ms:.0f} ms, bf16 {self.bf16_ms:.0f} ms a "
+                f"{'training step' if self.training else 'call'}")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
 
 
 MEASURE_SIZE = 128  # px: enough to rank the two precisions, a fraction of a second to time

@@ -152,7 +152,7 @@ def choose_amp(config: TrainConfig, device: torch.device, G: torch.nn.Module, re
         amp, how = ("bf16" if torch.cuda.is_bf16_supported() else "none"), " (auto)"
     elif device.type == "cpu":
         choice = inference.cpu_precision(G, training=True)
-        amp, how = ("bf16" if choice.dtype is not None else "none"), f" (auto: {choice})"
+        amp, how = ("bf16" if choice.dtype is not None else "none"), f" (auto: {choice.reason})"
     else:
         amp, how = "none", " (auto)"
     if distributed:
@@ -740,7 +740,7 @@ class Training:
 
         c, t = self.config, self.trainer
         if self.main:
-            data = "images on the device" if self.images is not None else f"{c.workers} loader workers"
+            data = f"images decoded into {device.type} memory" if self.images is not None else f"{c.workers} loader workers"
             print(f"training on {t.device} in {t.precision}; {data}; {self.steps_per_epoch} steps per epoch, "
                   f"{self.total_steps} in all", file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=t.step, disable=not self.main, dynamic_ncols=True, unit="step")

@@ -183,12 +183,13 @@ def _in_fused_adam(event) -> bool:
 def test_amp_auto_is_measured_recorded_and_kept_on_resume(monkeypatch):
     timed = measured_precision(monkeypatch, 1.0, 1.3)  # bf16 slower on this "CPU": float32
     trainer = Trainer(TrainConfig(amp="auto"), TINY)
-    assert trainer.amp_dtype is None and trainer.precision.startswith("fp32 (auto: fp32 (measured at 128 px")
+    assert trainer.amp_dtype is None and trainer.precision == ("fp32 (auto: measured at 128 px: fp32 1000 ms, "
+                                                               "bf16 1300 ms a training step)")
     assert timed == [("Generator", True)] and trainer.state_dict()["amp"] == "none"
     measured_precision(monkeypatch, 1.0, 0.4)  # faster
     trainer = Trainer(TrainConfig(amp="auto"), TINY)
     assert trainer.amp_dtype == torch.bfloat16 and "bf16 1000 ms" not in trainer.precision
-    assert trainer.precision == "bf16 autocast (auto: bf16 (measured at 128 px: fp32 1000 ms, bf16 400 ms a training step))"
+    assert trainer.precision == "bf16 autocast (auto: measured at 128 px: fp32 1000 ms, bf16 400 ms a training step)"
     resumed = Trainer(TrainConfig(amp="auto"), TINY, recorded_amp="none")  # the checkpoint's choice wins
     assert resumed.amp_dtype is None and "recorded in the checkpoint" in resumed.precision
     assert Trainer(TrainConfig(amp="bf16"), TINY).precision == "bf16 autocast"
