@@ -735,14 +735,20 @@ class Training:
         self.log.write(t.step, t.step / self.steps_per_epoch, scores, lr, self.seconds())
         bar.write(f"step {t.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
 
+    def start_line(self) -> str:
+        """What the run does, as it starts: device, precision (and how "auto" chose it), data path, steps."""
+        t = self.trainer
+        data = (f"images decoded into {t.device.type} memory" if self.images is not None
+                else f"{self.config.workers} loader workers")
+        return (f"training on {t.device} in {t.precision}; {data}; {self.steps_per_epoch} steps per epoch, "
+                f"{self.total_steps} in all")
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
         c, t = self.config, self.trainer
         if self.main:
-            data = f"images decoded into {device.type} memory" if self.images is not None else f"{c.workers} loader workers"
-            print(f"training on {t.device} in {t.precision}; {data}; {self.steps_per_epoch} steps per epoch, "
-                  f"{self.total_steps} in all", file=sys.stderr)
+            print(self.start_line(), file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=t.step, disable=not self.main, dynamic_ncols=True, unit="step")
         t.model.train()
         try:
