@@ -231,12 +231,17 @@ class DeviceImages:
     For resize_and_crop, the paper's preprocessing."""
 
     def __init__(self, dataset: UnpairedDataset, device: torch.device | str, threads: int = 0) -> None:
-        if dataset.preprocess != "resize_and_crop" or dataset.load_size < dataset.crop_size:
+        if not self.supports(dataset):
             raise ValueError(f"--data-on-device yes needs --preprocess resize_and_crop with --load-size "
                              f">= --crop-size (have {dataset.preprocess}, {dataset.load_size}, {dataset.crop_size})")
         self.dataset, self.device = dataset, torch.device(device)
         self.A = self._decode(dataset.files_A, threads)
         self.B = self._decode(dataset.files_B, threads)
+
+    @staticmethod
+    def supports(dataset: UnpairedDataset) -> bool:
+        """Whether the dataset's preprocessing is one this class reproduces (resize to a square, then crop)."""
+        return dataset.preprocess == "resize_and_crop" and dataset.load_size >= dataset.crop_size
 
     @staticmethod
     def nbytes(dataset: UnpairedDataset) -> int:

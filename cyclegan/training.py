@@ -59,8 +59,8 @@ class TrainConfig:
     crop_size: int = _opt("then randomly cropped to this size", default=256)
     flip: bool = _opt("random horizontal flips", default=True)
     device: str = _opt("where to train", default="auto", meta={"choices": ("auto", "cpu", "cuda", "mps")})
-    amp: str = _opt("mixed precision (auto: bf16 on CUDA where supported and on a CPU with native bf16, "
-                    "AVX512-BF16 or AMX; fp32 elsewhere)", default="auto",
+    amp: str = _opt("mixed precision (auto: bf16 on CUDA where supported; on the CPU bf16 only where a short "
+                    "timing of the generator's training step measures it faster; fp32 elsewhere)", default="auto",
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
     cuda_graphs: bool = _opt("replay each training step as one CUDA graph once the image pools are full (no "
@@ -273,7 +273,8 @@ class Trainer:
         random draws and the tallies are put back as they were."""
         pools = [(pool, None if pool.images is None else pool.images.clone(), pool.filled, pool.rng.get_state())
                  for pool in (self.pool_A, self.pool_B)]
-        tallies = [t.clone() for t in (self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad)]
+        tallies = (self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad)
+        saved = [t.clone() for t in tallies]
         names = list(self.loss_names)
         yield
         for pool, images, filled, rng in pools:
@@ -281,11 +282,10 @@ class Trainer:
                 pool.images.copy_(images)
             pool.filled = filled
             pool.rng.set_state(rng)
+        for tensor, before in zip(tallies, saved):
+            tensor.copy_(before)
         if not names:  # the loss sums were made inside: they stay (a graph adds into them), at zero
-            tallies[1] = torch.zeros_like(self.loss_sums)
-        for tensor, saved in zip((self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad),
-                                 tallies):
-            tensor.copy_(saved)
+            self.loss_sums.zero_()
 
     def reset_ema(self) -> None:
         for name in ("G_AB", "G_BA"):
@@ -402,7 +402,6 @@ class Trainer:
         return losses
 
     @torch.no_grad()
-    @torch.no_grad()
     def _tally(self, losses: dict[str, torch.Tensor], bad_G: torch.Tensor, bad_D: torch.Tensor,
                loss_G: torch.Tensor, loss_D: torch.Tensor) -> None:
         if not self.loss_names:  # the terms are known at the first step (the identity terms or not)
@@ -427,8 +426,8 @@ class Trainer:
 
     def check_finite(self) -> int:
         """Read whether a loss was non-finite since the last check (one read of the device). Under
-        --on-nan stop that raises FloatingPointError naming the first such step (its update, and
-        those after it, were skipped: the weights are those before it); under skip, a warning.
+        --on-nan stop that raises FloatingPointError naming the first such step (each non-finite step's
+        update was skipped; the finite steps around it were applied); under skip, a warning.
         Returns the steps skipped in the whole run."""
         step, which, value, skipped = torch.cat([self.first_bad, self.skipped[None]]).tolist()
         if step < 0:
@@ -660,7 +659,7 @@ class Training:
         c = self.config
         if c.data_on_device != "auto":
             return c.data_on_device == "yes"
-        if device.type != "cuda" or c.preprocess != "resize_and_crop" or c.load_size < c.crop_size:
+        if device.type != "cuda" or not DeviceImages.supports(self.dataset):
             return False
         return DeviceImages.nbytes(self.dataset) <= torch.cuda.get_device_properties(device).total_memory // 4
 
