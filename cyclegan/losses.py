@@ -35,7 +35,7 @@ class ImagePool:
 
     def __init__(self, size: int = 50, seed: int = 0, device: torch.device | str = "cpu") -> None:
         self.size, self.device, self.seed = size, torch.device(device), seed
-        self.images: torch.Tensor | None = None  # (filled, C, H, W), allocated at the first query
+        self.images: torch.Tensor | None = None  # (size, C, H, W), allocated at the first query; `filled` used
         self.filled = 0
         self.rng = torch.Generator(self.device).manual_seed(seed)
 
@@ -73,7 +73,7 @@ class ImagePool:
         images = [] if self.images is None else list(self.images[:self.filled].cpu())
         return {"images": images, "rng": self.rng.get_state()}
 
-    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+    def load_state_dict(self, state: dict) -> None:
         images = state["images"]
         self.filled = len(images)
         self.images = None

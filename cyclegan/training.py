@@ -495,8 +495,8 @@ class Trainer:
                     if "step" in opt.state.get(p, {}):  # the fused kernel keeps its step count beside the weights
                         step = opt.state[p]["step"]
                         opt.state[p]["step"] = step.to(p.device if settings["fused"] else "cpu", torch.float32)
-        self.pool_A.load_state_dict(state["pool_A"], self.device)
-        self.pool_B.load_state_dict(state["pool_B"], self.device)
+        self.pool_A.load_state_dict(state["pool_A"])  # onto the pool's own device
+        self.pool_B.load_state_dict(state["pool_B"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
