@@ -535,11 +535,15 @@ def bench_profile(device: torch.device, steps: int, graphs: bool = False) -> lis
 
 
 def check_graphs(device: torch.device) -> dict:
-    """--cuda-graphs against the eager step (reference.graphs_against_eager); a failure is recorded, not raised."""
-    try:
-        r = graphs_against_eager(device, ModelConfig(ngf=16, ndf=16, n_blocks=3))
-    except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
-        r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+    """--cuda-graphs against the eager step (reference.graphs_against_eager) in float32 and, where the GPU
+    has it, in bf16 autocast (what --amp auto trains in); a failure is recorded, not raised."""
+    r: dict = {}
+    for amp in ("none", "bf16") if torch.cuda.is_bf16_supported() else ("none",):
+        try:
+            r[amp] = graphs_against_eager(device, ModelConfig(ngf=16, ndf=16, n_blocks=3), amp=amp)
+        except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
+            r[amp] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+    r["ok"] = all(x["ok"] for x in r.values())
     print(f"\nCUDA graphs against the eager step: {json.dumps(r)}")
     return r
 

@@ -184,21 +184,35 @@ class StepGraph:
         return self.losses
 
     def capture(self, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+        """Warm up and capture; on failure the trainer is left as an eager step would find it (the
+        pools' generators are replaced by fresh ones in their saved state, the gradients dropped) and
+        the error is raised for Trainer.train_step to fall back on."""
         t = self.trainer
-        self.inputs = (real_A.clone(), real_B.clone())
-        with t.undone():
-            side = torch.cuda.Stream(t.device)
-            side.wait_stream(torch.cuda.current_stream(t.device))
-            with torch.cuda.stream(side):  # lazily built state (Adam's moments, cuDNN plans) is made here
-                for _ in range(3):
-                    t.step_on(*self.inputs, skip=True)
-            torch.cuda.current_stream(t.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        for pool in (t.pool_A, t.pool_B):
-            self.graph.register_generator_state(pool.rng)
-        # thread_local: the DataLoader's pin-memory thread may call CUDA while this thread captures
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.losses = t.step_on(*self.inputs)
+        pools = (t.pool_A, t.pool_B)
+        rng = [pool.rng.get_state() for pool in pools]
+        try:
+            self.inputs = (real_A.clone(), real_B.clone())
+            with t.undone():
+                side = torch.cuda.Stream(t.device)
+                side.wait_stream(torch.cuda.current_stream(t.device))
+                with torch.cuda.stream(side):  # lazily built state (Adam's moments, cuDNN plans) is made here
+                    for _ in range(3):
+                        t.step_on(*self.inputs, skip=True)
+                torch.cuda.current_stream(t.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            for pool in pools:
+                self.graph.register_generator_state(pool.rng)
+            # thread_local: the DataLoader's pin-memory thread may call CUDA while this thread captures
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.losses = t.step_on(*self.inputs)
+        except Exception:
+            self.graph, self.inputs, self.losses = None, None, {}
+            for pool, state in zip(pools, rng):  # a generator a failed capture registered is not reused
+                pool.rng = torch.Generator(pool.device)
+                pool.rng.set_state(state)
+            for opt in (t.opt_G, t.opt_D):  # gradients a failed capture allocated hold no values
+                opt.zero_grad(set_to_none=True)
+            raise
 
 
 class Trainer:
@@ -276,16 +290,18 @@ class Trainer:
         tallies = (self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad)
         saved = [t.clone() for t in tallies]
         names = list(self.loss_names)
-        yield
-        for pool, images, filled, rng in pools:
-            if images is not None:
-                pool.images.copy_(images)
-            pool.filled = filled
-            pool.rng.set_state(rng)
-        for tensor, before in zip(tallies, saved):
-            tensor.copy_(before)
-        if not names:  # the loss sums were made inside: they stay (a graph adds into them), at zero
-            self.loss_sums.zero_()
+        try:
+            yield
+        finally:
+            for pool, images, filled, rng in pools:
+                if images is not None:
+                    pool.images.copy_(images)
+                pool.filled = filled
+                pool.rng.set_state(rng)
+            for tensor, before in zip(tallies, saved):
+                tensor.copy_(before)
+            if not names:  # the loss sums were made inside: they stay (a graph adds into them), at zero
+                self.loss_sums.zero_()
 
     def reset_ema(self) -> None:
         for name in ("G_AB", "G_BA"):
@@ -335,9 +351,15 @@ class Trainer:
         replay of the captured step once the pools are full."""
         real_A = batch["A"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         real_B = batch["B"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        losses = None
         if self.graph is not None and self.pool_A.full and self.pool_B.full:
-            losses = self.graph.replay(real_A, real_B)
-        else:
+            try:
+                losses = self.graph.replay(real_A, real_B)
+            except Exception as e:  # a capture this torch or GPU refuses: the eager step goes on
+                print(f"warning: --cuda-graphs: the training step could not be captured ({type(e).__name__}: "
+                      f"{one_line(e, 300)}); training goes on without CUDA graphs", file=sys.stderr)
+                self.graph = None
+        if losses is None:
             losses = self.step_on(real_A, real_B)
         self.step += 1
         return losses

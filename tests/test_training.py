@@ -1,4 +1,5 @@
 """The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
+import contextlib
 import csv
 import dataclasses
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from cyclegan import CycleGAN
-from cyclegan.training import StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
+from cyclegan.training import StepGraph, StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from tests.conftest import TINY, TINY_FLAGS, free_port, measured_precision, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -489,6 +490,16 @@ def test_data_on_the_device_trains_exactly_as_the_loader(dataroot, tmp_path):
     assert all(torch.equal(weights["yes"][k], weights["no"][k]) for k in weights["no"])
 
 
+def assert_same_training_state(want: Trainer, got: Trainer) -> None:
+    """The same losses since the last read, and bit-identical weights, averages, optimiser states and pools."""
+    assert want.read_losses() == got.read_losses()
+    a_state, b_state = want.state_dict(), got.state_dict()
+    flat = lambda d: [v for v in torch.utils._pytree.tree_leaves(d) if isinstance(v, torch.Tensor)]  # noqa: E731
+    for key in ("G_AB", "G_BA", "D_A", "D_B", "G_AB_ema", "opt_G", "opt_D", "pool_A", "pool_B"):
+        a, b = flat(a_state[key]), flat(b_state[key])
+        assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b)), key
+
+
 def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
     """What --cuda-graphs relies on, on the CPU (the capture itself needs CUDA: tests/test_cuda.py):
     warm-up steps with skip=True inside `undone()` change nothing a later step sees, and the learning
@@ -506,12 +517,7 @@ def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
         warmed.train_step(b)
         for t in (plain, warmed):
             t.set_lr(0.5)
-    assert plain.read_losses() == warmed.read_losses()
-    want, got = plain.state_dict(), warmed.state_dict()
-    flat = lambda d: [v for v in torch.utils._pytree.tree_leaves(d) if isinstance(v, torch.Tensor)]  # noqa: E731
-    for key in ("G_AB", "G_BA", "D_A", "D_B", "G_AB_ema", "opt_G", "opt_D", "pool_A", "pool_B"):
-        a, b = flat(want[key]), flat(got[key])
-        assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b)), key
+    assert_same_training_state(plain, warmed)
     lr = plain.opt_G.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and lr.item() == pytest.approx(1e-4)
     plain.set_lr(0.0)
@@ -520,3 +526,41 @@ def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
     assert changed(before, state(plain), ("G_AB.", "G_BA.", "D_A.", "D_B.")) == []  # lr 0: no weight moves
     with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
         Trainer(TrainConfig(cuda_graphs=True), TINY)
+
+
+def test_a_refused_capture_falls_back_to_the_eager_step(monkeypatch, capsys):
+    """--cuda-graphs where the capture fails (a torch or GPU that refuses it, found at the first step
+    with the pools full): one warning, then the eager step, from exactly where training was: the
+    warm-up's steps and the failed capture leave weights, averages, optimiser states and pools as a
+    trainer that never tried has them. The CUDA calls are CPU stand-ins; the capture itself is refused."""
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def register_generator_state(self, generator):
+            pass
+
+    def refuse(graph, **kw):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    for name, value in (("Stream", Stream), ("current_stream", lambda device=None: Stream()),
+                        ("stream", lambda s: contextlib.nullcontext()), ("CUDAGraph", Graph), ("graph", refuse)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    g = torch.Generator().manual_seed(0)
+    batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(6)]
+    config = TrainConfig(amp="none", pool_size=2, ema_decay=0.9)
+    plain, graphed = Trainer(config, TINY, graph_ready=True), Trainer(config, TINY, graph_ready=True)
+    graphed.graph = StepGraph(graphed)
+    for b in batches:
+        for t in (plain, graphed):
+            t.set_lr(0.5)
+            t.train_step(b)
+    assert graphed.graph is None
+    err = capsys.readouterr().err
+    assert err.count("warning: --cuda-graphs: the training step could not be captured (RuntimeError: "
+                     "operation not permitted when stream is capturing); training goes on without CUDA graphs") == 1
+    assert_same_training_state(plain, graphed)
