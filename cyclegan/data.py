@@ -123,6 +123,8 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+# the preprocessings whose every image comes out at one size (crop_size squared)
+FIXED_SIZE = ("resize_and_crop", "crop", "scale_width_and_crop")
 
 
 def _multiple_of_4(image: Image.Image) -> Image.Image:

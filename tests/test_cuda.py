@@ -233,3 +233,10 @@ def test_cuda_graphs_step_as_the_eager_one(amp):
     rel, db = (1e-4, 40) if amp == "none" else (1e-2, 30)
     assert r["first_replayed_step_max_rel_loss_diff"] <= rel and r["psnr_after_steps_db"] >= db, r
     assert r["lr_zero_keeps_weights"] and r["ok"]
+
+
+@pytest.mark.parametrize("preprocess, benchmark", [("resize_and_crop", True), ("scale_width", False)])
+def test_cudnn_times_its_algorithms_where_every_batch_has_one_shape(preprocess, benchmark, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    Trainer(TrainConfig(preprocess=preprocess, amp="none"), SMALL, "cuda")
+    assert torch.backends.cudnn.benchmark is benchmark
