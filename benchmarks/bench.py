@@ -487,13 +487,13 @@ def profile_counts(step, steps: int, device: torch.device) -> dict:
             "device_ms": device_us / 1000 / steps}
 
 
-def bench_profile(device: torch.device, steps: int, graphs: bool = False) -> list[dict]:
+def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = ()) -> list[dict]:
     """Where a training step's time goes: Trainer (the loop's per-step work: set_lr and train_step)
     beside benchmarks/reference.py's PlainLoop (independent networks, default Adam), `steps`
     interleaved steps of each timed, then 5 of each profiled. On the CPU the host-bound proxy (width
     4, 32 px, one thread, fp32: almost no arithmetic, the step is dispatch); on CUDA the real sizes at
-    256 px, Trainer in its default precision and, with `graphs` (graphs_against_eager passed), with
-    --cuda-graphs, timed once its pools are full."""
+    256 px, Trainer in its default precision in both layouts (FAST_PATHS) and, in the `graphs` layouts
+    (those whose graphs_against_eager passed), with --cuda-graphs, timed once its pools are full."""
     threads = torch.get_num_threads()
     cuda = device.type == "cuda"
     if not cuda:
@@ -504,8 +504,9 @@ def bench_profile(device: torch.device, steps: int, graphs: bool = False) -> lis
         setups = {"previews' model, 256 px": (ModelConfig(ngf=32, n_blocks=6), 256),
                   "paper's model, 256 px": (ModelConfig(), 256)}
     configs = {"Trainer": TrainConfig(amp="auto" if cuda else "none")}
-    if graphs:
-        configs["Trainer + CUDA graphs"] = TrainConfig(cuda_graphs=True)
+    if cuda:
+        configs = {label: train_config(label) for label in FAST_PATHS
+                   if "graphs" not in label or ("nchw" if "NCHW" in label else "channels_last") in graphs}
     row = table(f"Profile of one training step, batch 1, {torch.get_num_threads()} thread(s) (per step: wall ms min / "
                 "median; scalar reads outside the fused Adam kernel in brackets):",
                 ["setup", "loop", "wall ms", "ATen calls", "scalar reads", "kernel launches", "syncs", "device ms",
@@ -534,22 +535,41 @@ def bench_profile(device: torch.device, steps: int, graphs: bool = False) -> lis
     return rows
 
 
+# The training step's variants that bench_profile times on CUDA, as train.py flags: the layout, and the
+# step replayed as a CUDA graph (only where check_graphs passed for that layout).
+FAST_PATHS = {"Trainer": [], "Trainer, NCHW": ["--memory-format", "nchw"],
+              "Trainer + CUDA graphs": ["--cuda-graphs"],
+              "Trainer + CUDA graphs, NCHW": ["--cuda-graphs", "--memory-format", "nchw"]}
+
+
+def train_config(label: str, **kw) -> TrainConfig:
+    """The TrainConfig of a FAST_PATHS variant."""
+    flags = FAST_PATHS[label]
+    return TrainConfig(cuda_graphs="--cuda-graphs" in flags,
+                       memory_format="nchw" if "nchw" in flags else "channels_last", **kw)
+
+
 def check_graphs(device: torch.device) -> dict:
-    """--cuda-graphs against the eager step (reference.graphs_against_eager) in float32 and, where the GPU
-    has it, in bf16 autocast (what --amp auto trains in); a failure is recorded, not raised."""
+    """--cuda-graphs against the eager step (reference.graphs_against_eager) in both layouts, in float32
+    and, where the GPU has it, in bf16 autocast (what --amp auto trains in); `ok` per layout. A failure is
+    recorded, not raised."""
     r: dict = {}
-    for amp in ("none", "bf16") if torch.cuda.is_bf16_supported() else ("none",):
-        try:
-            r[amp] = graphs_against_eager(device, ModelConfig(ngf=16, ndf=16, n_blocks=3), amp=amp)
-        except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
-            r[amp] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-    r["ok"] = all(x["ok"] for x in r.values())
+    for layout in ("channels_last", "nchw"):
+        r[layout] = {}
+        for amp in ("none", "bf16") if torch.cuda.is_bf16_supported() else ("none",):
+            try:
+                r[layout][amp] = graphs_against_eager(device, ModelConfig(ngf=16, ndf=16, n_blocks=3), amp=amp,
+                                                      memory_format=layout)
+            except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
+                r[layout][amp] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+        r[layout]["ok"] = all(x["ok"] for x in r[layout].values())
     print(f"\nCUDA graphs against the eager step: {json.dumps(r)}")
     return r
 
 
-def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False) -> list[dict]:
-    """Trainer at each batch size for both model sizes at 256 px (--tiny: a width-4 model at 32 px):
+def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, path: str = "Trainer") -> list[dict]:
+    """Trainer at each batch size for both model sizes at 256 px (--tiny: a width-4 model at 32 px), as
+    the FAST_PATHS variant `path` (on CUDA the one pace() chose: what gpu_check.sh then trains with):
     steps/s, images/s (A and B), seconds per horse2zebra epoch (1334 A images), peak device memory and
     the 200-epoch projection. The authors advise batch 1; a larger one must win on validation FID at
     equal wall time before it becomes a default."""
@@ -557,8 +577,8 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False) ->
     size = 256
     if tiny:
         setups, size = {"width 4": ModelConfig(ngf=4, ndf=4, n_blocks=2, n_layers=2)}, 32
-    row = table(f"Training at each batch size, {size} px, the default precision (per step median; peak device "
-                "memory; projection: 200 epochs of 1334 A images):",
+    row = table(f"Training at each batch size as {path}, {size} px, the default precision (per step median; "
+                "peak device memory; projection: 200 epochs of 1334 A images):",
                 ["model", "batch", "steps/s", "images/s", "s/epoch", "peak GiB", "200 epochs"])
     rows = []
     for name, model_config in setups.items():
@@ -569,14 +589,17 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False) ->
             g = torch.Generator().manual_seed(0)
             batch = {d: (torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1).to(device) for d in "AB"}
             try:
-                trainer = Trainer(TrainConfig(batch_size=batch_size), model_config, device)
+                config = train_config(path, batch_size=batch_size)
+                trainer = Trainer(config, model_config, device)
+                for _ in range(-(-config.pool_size // batch_size) if config.cuda_graphs else 0):  # fill the pools
+                    trainer.train_step(batch)
                 t = timed({"step": lambda: trainer.train_step(batch)}, 5 if tiny else 20, 3, device)["step"]
             except torch.OutOfMemoryError:
                 print(f"| {name} | {batch_size} | out of memory |")
                 break
             per_epoch = math.ceil(STEPS_PER_EPOCH / batch_size) * t["median"]
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-            rows.append(r := {"model": name, "batch_size": batch_size, "step_s": t,
+            rows.append(r := {"model": name, "path": path, "batch_size": batch_size, "step_s": t,
                               "steps_per_s": 1 / t["median"], "images_per_s": 2 * batch_size / t["median"],
                               "epoch_s": per_epoch, "peak_gib": peak, "projected_200_epochs_h": per_epoch * EPOCHS / 3600})
             row(name, batch_size, f"{r['steps_per_s']:.1f}", f"{r['images_per_s']:.0f}", f"{per_epoch:.0f}",
@@ -587,19 +610,22 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False) ->
 
 def pace(profile: list[dict]) -> dict:
     """Issue 26's targets from the profile section on CUDA: the paper's model s/step and the previews'
-    steps/s at batch 1, for the fast path (Trainer, with CUDA graphs where they were checked and are
-    faster) and for the plain loop beside it."""
+    steps/s at batch 1, for the fast path (the FAST_PATHS variant with the smallest sum of both
+    models' times relative to plain Trainer's) and for the plain loop beside it, with every variant's."""
     def median_s(setup: str, loop: str) -> float | None:
         found = [r["wall_ms"]["median"] / 1000 for r in profile if r["setup"].startswith(setup) and r["loop"] == loop]
         return found[0] if found else None
 
-    graphs = all((median_s(m, "Trainer + CUDA graphs") or math.inf) < median_s(m, "Trainer") for m in ("paper", "previews"))
-    fast = "Trainer + CUDA graphs" if graphs else "Trainer"
-    plain = "plain loop (reference.PlainLoop)"
-    return {"paper_batch1_s_per_step": median_s("paper", fast), "preview_batch1_steps_per_s": 1 / median_s("previews", fast),
-            "fast_path": fast, "cuda_graphs": graphs,
-            "plain": {"paper_batch1_s_per_step": median_s("paper", plain),
-                      "preview_batch1_steps_per_s": 1 / median_s("previews", plain)}}
+    def figures(loop: str) -> dict:
+        return {"paper_batch1_s_per_step": median_s("paper", loop),
+                "preview_batch1_steps_per_s": 1 / median_s("previews", loop)}
+
+    measured = [label for label in FAST_PATHS if median_s("paper", label) and median_s("previews", label)]
+    fast = min(measured, key=lambda label: sum(median_s(m, label) / median_s(m, "Trainer") for m in ("paper", "previews")))
+    return {**figures(fast), "fast_path": fast, "train_flags": FAST_PATHS[fast],
+            "cuda_graphs": "--cuda-graphs" in FAST_PATHS[fast],
+            "plain": figures("plain loop (reference.PlainLoop)"),
+            "variants": {label: figures(label) for label in measured}}
 
 
 def bench_data_loading(data: Path, workers: list[int], batches: int) -> list[dict]:
@@ -702,12 +728,14 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in sections:
         if device.type == "cuda":
             r["graphs_check"] = check_graphs(device)
+        checked = r.get("graphs_check", {})
         r["profile"] = bench_profile(device, 10 if args.tiny else 20 if quick else 40,
-                                     graphs=r.get("graphs_check", {}).get("ok", False))
+                                     graphs=tuple(layout for layout, c in checked.items() if c["ok"]))
         if device.type == "cuda":
             r["pace"] = pace(r["profile"])
     if "batches" in sections:
-        r["batches"] = bench_batches(device, [1, 2] if args.tiny else [1, 2, 4, 8, 16], args.tiny)
+        r["batches"] = bench_batches(device, [1, 2] if args.tiny else [1, 2, 4, 8, 16], args.tiny,
+                                     r.get("pace", {}).get("fast_path", "Trainer"))
     if "data" in sections:
         r["data_loading"] = bench_data_loading(data, [0, 2], 20 if quick else 100)
     r["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

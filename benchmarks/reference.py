@@ -149,9 +149,9 @@ class PlainLoop:
 
 
 def graphs_against_eager(device: torch.device, config: ModelConfig, steps: int = 50, size: int = 64,
-                         amp: str = "none") -> dict:
+                         amp: str = "none", memory_format: str = "channels_last") -> dict:
     """Trainer with --cuda-graphs against the same Trainer without (same seed and batches, a pool of 2,
-    float32 unless `amp` says otherwise): the largest relative difference of the losses at the first
+    float32 unless `amp` says otherwise, in `memory_format`): the largest relative difference of the losses at the first
     replayed step (the third: the pools fill first), G_AB's output on a fixed image after `steps` as
     8-bit PSNR, whether the step was captured at all (Trainer falls back to the eager step when the
     capture fails), and whether a learning rate set to 0 after capture leaves the weights alone (the
@@ -160,7 +160,8 @@ def graphs_against_eager(device: torch.device, config: ModelConfig, steps: int =
     g = torch.Generator().manual_seed(0)
     batches = [{d: (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(device) for d in "AB"} for _ in range(steps)]
     probe = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(device)
-    trainers = {graphs: Trainer(TrainConfig(amp=amp, pool_size=2, cuda_graphs=graphs), config, device)
+    trainers = {graphs: Trainer(TrainConfig(amp=amp, pool_size=2, cuda_graphs=graphs, memory_format=memory_format),
+                                 config, device)
                 for graphs in (False, True)}
     first = {}
     for i, batch in enumerate(batches):
@@ -179,6 +180,6 @@ def graphs_against_eager(device: torch.device, config: ModelConfig, steps: int =
     worst = max(first.values())
     captured = graphed.graph is not None and graphed.graph.graph is not None
     rel, db = (1e-4, 40) if amp == "none" else (1e-2, 30)
-    return {"amp": amp, "captured": captured, "first_replayed_step_max_rel_loss_diff": worst,
-            "psnr_after_steps_db": psnr, "steps": steps, "lr_zero_keeps_weights": frozen,
+    return {"amp": amp, "memory_format": memory_format, "captured": captured,
+            "first_replayed_step_max_rel_loss_diff": worst, "psnr_after_steps_db": psnr, "steps": steps, "lr_zero_keeps_weights": frozen,
             "ok": captured and worst <= rel and psnr >= db and frozen}

@@ -66,6 +66,9 @@ class TrainConfig:
     cuda_graphs: bool = _opt("replay each training step as one CUDA graph once the image pools are full (no "
                              "launch overhead; CUDA only, not with --compile, DDP or --amp fp16)", default=False,
                              recipe=False)
+    memory_format: str = _opt("layout of images and weights on CUDA: channels_last (NHWC, what cuDNN's tensor "
+                               "cores convolve) or nchw (instance norm's own layout); the CPU trains in nchw",
+                               default="channels_last", recipe=False, meta={"choices": ("channels_last", "nchw")})
     ema_decay: float = _opt("keep an exponential moving average of the generators' weights with this decay "
                             "per step, e.g. 0.999 (0: none)", default=0.0)
     val_count: int = _opt("images of each domain held out of trainA/ and trainB/ for validation (listed in "
@@ -231,9 +234,9 @@ class Trainer:
         self.config, self.device, self.distributed = config, torch.device(device), distributed
         self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
         cuda = self.device.type == "cuda"
-        if cuda:
-            self.model.to(memory_format=torch.channels_last)
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        channels_last = cuda and config.memory_format == "channels_last"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         if cuda and config.preprocess in FIXED_SIZE:
             # Every batch has one shape: cuDNN times its convolution algorithms at the first step and
             # keeps the fastest for the run (as the authors' code does for these preprocessings).

@@ -126,7 +126,8 @@ def pytest_summary(log: Path) -> dict:
 def plan(args: argparse.Namespace) -> None:
     """train.py's --epochs and --decay-epochs for a schedule that ends at lr 0 within `seconds`, from the
     steps/s that bench.py's batches section measured for the previews' model at this batch size (one
-    run alone; `--share` of that rate each when runs share the GPU), less `--startup` seconds."""
+    run alone; `--share` of that rate each when runs share the GPU), less `--startup` seconds; then the
+    flags of the fastest variant of the step that bench.py's profile section timed (its "pace")."""
     rate = None
     bench = Path(args.bench)
     if bench.is_file():
@@ -142,9 +143,10 @@ def plan(args: argparse.Namespace) -> None:
     print(f"(plan: {rate:.1f} steps/s, {steps_per_epoch} steps an epoch, {args.seconds:.0f} s: {epochs} epochs)",
           file=sys.stderr)
     pace = json.loads(bench.read_text()).get("pace") or {} if bench.is_file() else {}
-    graphs = " --cuda-graphs" if pace.get("cuda_graphs") else ""  # checked against the eager step, and faster
-    print(f"(plan: CUDA graphs {'on' if graphs else 'off'})", file=sys.stderr)
-    print(f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}{graphs}")
+    # the fastest variant of the step that bench.py timed (CUDA graphs only where checked against the eager step)
+    flags = pace.get("train_flags", [])
+    print(f"(plan: the step as {pace.get('fast_path', 'Trainer')}: {' '.join(flags) or 'the defaults'})", file=sys.stderr)
+    print(" ".join([f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}", *flags]))
 
 
 def failed_steps(steps: list[dict], work: Path) -> list[str]:

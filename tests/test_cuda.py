@@ -121,9 +121,9 @@ def test_auto_amp_on_cuda_is_bf16_in_channels_last():
 
 def test_channels_last_gives_the_same_step(exact_fp32):
     channels_last = Trainer(TrainConfig(amp="none"), SMALL, "cuda")
-    contiguous = Trainer(TrainConfig(amp="none"), SMALL, "cuda")
-    contiguous.model.to(memory_format=torch.contiguous_format)
-    contiguous.memory_format = torch.contiguous_format
+    contiguous = Trainer(TrainConfig(amp="none", memory_format="nchw"), SMALL, "cuda")
+    assert contiguous.memory_format == torch.contiguous_format
+    assert all(p.is_contiguous() for p in contiguous.model.parameters())
     two_steps_alike(contiguous, channels_last)
 
 

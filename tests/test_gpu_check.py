@@ -133,3 +133,33 @@ def test_gpu_check_help_and_usage(tmp_path):
     wrong = subprocess.run(["bash", script, "--dryrun"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert wrong.returncode == 2 and wrong.stderr.startswith("usage:")
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_the_fast_path_is_the_fastest_variant_and_the_plan_trains_with_it(tmp_path, capsys):
+    """bench.py's pace() takes the variant of the step with the smallest time relative to plain Trainer
+    over both models; gpu_check.py plan gives the training runs that variant's flags and a schedule
+    from the measured batch rate."""
+    from benchmarks.bench import FAST_PATHS, pace
+    from scripts import gpu_check
+    ms = {"plain loop (reference.PlainLoop)": (110, 90), "Trainer": (75, 60), "Trainer, NCHW": (60, 55),
+          "Trainer + CUDA graphs": (30, 12), "Trainer + CUDA graphs, NCHW": (20, 14)}  # (paper, previews)
+    profile = [{"setup": setup, "loop": loop, "wall_ms": {"median": both[i]}}
+               for loop, both in ms.items() for i, setup in enumerate(("paper's model, 256 px", "previews' model, 256 px"))]
+    p = pace(profile)
+    # graphs NCHW: 20/75 + 14/60 = 0.50; graphs: 30/75 + 12/60 = 0.60
+    assert p["fast_path"] == "Trainer + CUDA graphs, NCHW" and p["train_flags"] == FAST_PATHS[p["fast_path"]]
+    assert p["paper_batch1_s_per_step"] == 0.020 and round(p["preview_batch1_steps_per_s"], 2) == 71.43
+    assert p["plain"]["paper_batch1_s_per_step"] == 0.110 and set(p["variants"]) == set(FAST_PATHS)
+    without_graphs = pace([r for r in profile if "graphs" not in r["loop"]])  # the check failed: not timed
+    assert without_graphs["fast_path"] == "Trainer, NCHW" and not without_graphs["cuda_graphs"]
+
+    make_images(tmp_path / "data" / "trainA", 12, seed=1)
+    make_images(tmp_path / "data" / "trainB", 8, seed=2)
+    bench = tmp_path / "pace.json"
+    bench.write_text(json.dumps({"pace": p, "batches": [{"model": "previews' model", "batch_size": 4,
+                                                         "steps_per_s": 10.0}]}))
+    gpu_check.main(["plan", "--bench", str(bench), "--seconds", "160", "--dataroot", str(tmp_path / "data"),
+                    "--batch-size", "4", "--share", "0.5", "--startup", "10"])
+    # 150 s at 5 steps/s over 3 steps an epoch: 250 epochs, half at the full rate, half decaying
+    assert capsys.readouterr().out.split() == ["--epochs", "125", "--decay-epochs", "125", "--cuda-graphs",
+                                               "--memory-format", "nchw"]
