@@ -549,7 +549,7 @@ def train_config(label: str, **kw) -> TrainConfig:
                        memory_format="nchw" if "nchw" in flags else "channels_last", **kw)
 
 
-def check_graphs(device: torch.device) -> dict:
+def graph_checks(device: str) -> dict:
     """--cuda-graphs against the eager step (reference.graphs_against_eager) in both layouts, in float32
     and, where the GPU has it, in bf16 autocast (what --amp auto trains in); `ok` per layout. A failure is
     recorded, not raised."""
@@ -558,11 +558,39 @@ def check_graphs(device: torch.device) -> dict:
         r[layout] = {}
         for amp in ("none", "bf16") if torch.cuda.is_bf16_supported() else ("none",):
             try:
-                r[layout][amp] = graphs_against_eager(device, ModelConfig(ngf=16, ndf=16, n_blocks=3), amp=amp,
-                                                      memory_format=layout)
+                r[layout][amp] = graphs_against_eager(torch.device(device), ModelConfig(ngf=16, ndf=16, n_blocks=3),
+                                                      amp=amp, memory_format=layout)
             except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
                 r[layout][amp] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
         r[layout]["ok"] = all(x["ok"] for x in r[layout].values())
+    return r
+
+
+def _send_graph_checks(device: str, conn) -> None:
+    conn.send(graph_checks(device))
+
+
+def check_graphs(device: torch.device, timeout: float = 120) -> dict:
+    """graph_checks in a process of its own, so that a graph that faults the GPU (a sticky CUDA error,
+    which would fail every later CUDA call) or hangs it takes only that process down; the benchmark goes
+    on without graphs then, as when a check disagrees."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")  # CUDA is already initialised here: no fork
+    receive, send = spawn.Pipe(duplex=False)
+    process = spawn.Process(target=_send_graph_checks, args=(str(device), send), daemon=True)
+    process.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            raise TimeoutError(f"no answer in {timeout:g} s")
+        r = receive.recv()
+    except (EOFError, OSError, TimeoutError) as e:  # it died (EOF) or hung: no layout passed
+        error = f"the check's process ended: {type(e).__name__}: {e or 'it died'}"
+        r = {layout: {"ok": False, "error": error} for layout in ("channels_last", "nchw")}
+    finally:
+        process.kill()
+        process.join()
     print(f"\nCUDA graphs against the eager step: {json.dumps(r)}")
     return r
 
@@ -709,22 +737,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), native bf16 {m['native_bf16']}, "
           f"torch {m['torch']}, {m['threads']} threads, load average {m['load_average_at_start'][0]:.2f} at start.")
     started = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each section: a run stopped by a time limit keeps what it measured
+        write_atomic(args.out, (json.dumps(r, indent=2) + "\n").encode())
+
     if "generator" in sections:
         r["generator"] = bench_generators(device, data, {256: 3, 512: 2} if quick else {256: 10, 512: 5, 1024: 3})
         if simulated_bf16(device) and not quick and PREVIEW.is_dir():
             r["emulated_bf16"] = bench_emulated_bf16(data)
+        save()
     if "accuracy" in sections and device.type == "cpu":
         r["accuracy"] = bench_precision_accuracy(data, 4 if quick else 12)
+        save()
     if "app" in sections and device.type == "cpu":
         r["app"] = bench_app(data, 8 if quick else 20)
+        save()
     if "big" in sections:
         preview = {"preview": str(PREVIEW)} if PREVIEW.is_dir() and not quick else {}
         r["big_photo"] = bench_big_photo(device, data, {**preview, "default": "default"})
+        save()
     if "training" in sections:  # --quick: the paper's model at 256 px on CUDA, a smaller one on the CPU
         setups = [(8, 2, 32)] if args.tiny else [(32, 6, 128), (64, 9, 256)]
         if quick and not args.tiny:
             setups = setups[1:] if device.type == "cuda" else setups[:1]
         r["training"] = bench_training(device, setups, 1 if args.tiny else 2 if quick else 4)
+        save()
     if "profile" in sections:
         if device.type == "cuda":
             r["graphs_check"] = check_graphs(device)
@@ -733,19 +771,21 @@ def main(argv: list[str] | None = None) -> int:
                                      graphs=tuple(layout for layout, c in checked.items() if c["ok"]))
         if device.type == "cuda":
             r["pace"] = pace(r["profile"])
+        save()
     if "batches" in sections:
         r["batches"] = bench_batches(device, [1, 2] if args.tiny else [1, 2, 4, 8, 16], args.tiny,
                                      r.get("pace", {}).get("fast_path", "Trainer"))
+        save()
     if "data" in sections:
         r["data_loading"] = bench_data_loading(data, [0, 2], 20 if quick else 100)
+        save()
     r["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     r["seconds"] = time.perf_counter() - started
     r["targets"] = check_targets(r)
     targets = [f"- {k}: {v}" for k, v in r["targets"].items()]
     print(f"\nLoad average {r['load_average_at_end'][0]:.2f} at end.", *(["Targets:", *targets] if targets else []),
           sep="\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, (json.dumps(r, indent=2) + "\n").encode())
+    save()
     print(f"\nwrote {args.out} ({r['seconds']:.0f} s)")
     return 0
 

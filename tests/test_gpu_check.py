@@ -163,3 +163,15 @@ def test_the_fast_path_is_the_fastest_variant_and_the_plan_trains_with_it(tmp_pa
     # 150 s at 5 steps/s over 3 steps an epoch: 250 epochs, half at the full rate, half decaying
     assert capsys.readouterr().out.split() == ["--epochs", "125", "--decay-epochs", "125", "--cuda-graphs",
                                                "--memory-format", "nchw"]
+
+
+def test_the_graph_check_runs_in_a_process_of_its_own():
+    """bench.py's check of --cuda-graphs runs in a spawned process (a GPU fault there cannot poison the
+    benchmark's CUDA context) and comes back as a record; on the CPU every layout fails with the reason."""
+    from benchmarks.bench import check_graphs
+    r = check_graphs(torch.device("cpu"))
+    assert set(r) == {"channels_last", "nchw"}
+    for layout in r.values():
+        assert not layout["ok"] and "--cuda-graphs needs a CUDA device" in layout["none"]["error"]
+    hung = check_graphs(torch.device("cpu"), timeout=0.05)  # no answer in time: the process is ended
+    assert hung["nchw"] == {"ok": False, "error": "the check's process ended: TimeoutError: no answer in 0.05 s"}
