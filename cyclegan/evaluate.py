@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from PIL import Image
 
@@ -90,6 +89,7 @@ def fid(x: np.ndarray, y: np.ndarray) -> float:
 
 def _trace_sqrt(a: np.ndarray, b: np.ndarray) -> float:
     """tr (aᵀa bᵀb)^½ with scipy.linalg.sqrtm."""
+    import scipy.linalg  # the eval extra: imported where needed, so that the module loads without it
     if min(len(a), len(b)) < a.shape[1]:
         # Fewer images than features: aᵀa bᵀb has the non-zero eigenvalues of c cᵀ (c = a bᵀ), so the root
         # of this n x n matrix has the same trace and takes milliseconds where the 2048 x 2048 one takes ~30 s.
@@ -239,5 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(results) if args.json else format_table(results))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
+    from .cli import run
+    run("evaluate", "python -m cyclegan.evaluate")

@@ -89,5 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
+    from .cli import run
+    run("train", "python -m cyclegan.train")

