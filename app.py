@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,21 +152,40 @@ def run_cycle(image: str | None, direction: str, identity: bool, model: str | No
 # 256 px G(x) looks the same, ~50x faster to encode than PNG (0.3 against 15 ms) and a fifth of its size.
 ENCODINGS = {"png": {"format": "PNG"}, "jpg": {"format": "JPEG", "quality": 92, "subsampling": 0}}
 CACHE = Path(get_upload_folder())
+# A result stays servable this long after its last use; then `cached` deletes it (Gradio's own delete_cache
+# knows only the files it wrote: uploads). Without it a Space's disk fills with every visitor's results.
+CACHE_SECONDS = int(os.environ.get("CYCLEGAN_CACHE_SECONDS", 3600))
+WRITTEN: dict[Path, float] = {}  # the results this process wrote: path -> time of last use
+PRUNED = [time.monotonic()]  # when they were last pruned
+CACHE_LOCK = threading.Lock()
 
 
 def cached(image: Image.Image, kind: str) -> str:
     """`image` encoded once into Gradio's cache, named by its content as Gradio names its own files; the
-    path, which Gradio then serves as it is (several outputs showing one image share the one file)."""
+    path, which Gradio then serves as it is (several outputs showing one image share the one file). Every
+    few minutes the results unused for CACHE_SECONDS are deleted."""
     buffer = io.BytesIO()
     image.save(buffer, **ENCODINGS[kind])
     data = buffer.getvalue()
     path = CACHE / hashlib.sha256(data).hexdigest() / f"image.{kind}"
-    if not path.is_file():  # a temp file renamed into place: a concurrent request never reads half of it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    with CACHE_LOCK:
+        now = time.monotonic()
+        WRITTEN[path] = now
+        if not path.is_file():  # a temp file renamed into place: a concurrent request never reads half of it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        if now - PRUNED[0] > min(CACHE_SECONDS, 300):
+            PRUNED[0] = now
+            for old in [p for p, used in WRITTEN.items() if now - used > CACHE_SECONDS]:
+                del WRITTEN[old]
+                old.unlink(missing_ok=True)
+                try:
+                    old.parent.rmdir()  # its folder, named by the content, once empty
+                except OSError:
+                    pass
     return str(path)
 
 
@@ -308,7 +328,8 @@ SCROLL_TO_RESULT = """() => {
 
 def build_demo() -> gr.Blocks:
     a, b = load_model(BUNDLED[True]).domains("A2B") if BUNDLED[True] in LOADED else ("A", "B")
-    with gr.Blocks(title="CycleGAN", analytics_enabled=False) as demo:
+    # delete_cache: the visitors' uploads that Gradio wrote, an hour after they came, checked every 10 minutes
+    with gr.Blocks(title="CycleGAN", analytics_enabled=False, delete_cache=(600, CACHE_SECONDS)) as demo:
         gr.Markdown("# CycleGAN: horse ↔ zebra\nG translates x; F brings G(x) back.",
                     elem_classes="compact-header")
         if HAS_WEB:

@@ -261,3 +261,24 @@ def test_models_that_cannot_be_loaded_are_reported_and_the_default_falls_back(tm
     assert r["summary"].startswith("**horse → zebra** with `tiny-good` · 40×30 px")
     assert r["answers"]["tiny-broken True"] == f"Model 'tiny-broken' {refused}"
     assert "| tiny-broken |  | could not be loaded |" in r["about"]
+
+
+def test_results_unused_for_the_cache_time_are_deleted(monkeypatch, tmp_path):
+    """The page's results live in Gradio's cache, named by their content: one used again stays, one
+    unused for CYCLEGAN_CACHE_SECONDS goes at the next pruning (so a Space's disk does not fill up)."""
+    import app
+    clock = [1000.0]
+    monkeypatch.setattr(app.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(app, "CACHE", tmp_path)
+    monkeypatch.setattr(app, "CACHE_SECONDS", 3600)
+    monkeypatch.setattr(app, "WRITTEN", {})
+    monkeypatch.setattr(app, "PRUNED", [clock[0]])
+    red, green, blue = (Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue"))
+    old, kept = Path(app.cached(red, "png")), Path(app.cached(green, "jpg"))
+    clock[0] += 3000
+    assert app.cached(green, "jpg") == str(kept)  # used again: its hour starts anew
+    clock[0] += 700  # 3700 s after red's last use, 700 after green's
+    new = Path(app.cached(blue, "png"))
+    assert not old.exists() and not old.parent.exists()
+    assert kept.is_file() and new.is_file() and set(app.WRITTEN) == {kept, new}
+    assert app.cached(red, "png") == str(old) and old.is_file()  # asked for again: written again
