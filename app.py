@@ -312,6 +312,8 @@ CSS = """
 #examples .container { width: 64px !important; height: 64px !important; }
 #examples img { width: 100% !important; height: 100% !important; object-fit: cover; }
 #examples td { padding: 2px !important; border: none !important; text-align: center; font-size: 0.85em; white-space: nowrap; }
+#settings, #settings > .form { flex-wrap: wrap; }
+#settings .block { flex: 1 1 140px; min-width: 140px !important; }
 #result-slider img { max-height: 100% !important; }
 #result-slider { scroll-margin-top: 8px; }
 #reconstruction img, #heat-map img { object-fit: contain !important; }
@@ -336,8 +338,11 @@ def build_demo() -> gr.Blocks:
             # Gradio's file route sends no COOP/COEP headers, so the page runs WASM on one thread here.
             gr.Markdown(f"[Run it in your browser](/gradio_api/file={quote(str(WEB_DIR / 'index.html'))}): "
                         "the same models on your own device; your image is not uploaded.")
-        direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B", label="Direction")
-        with gr.Row(equal_height=True):
+        # One row for the settings, wrapping where they do not fit (a phone, with the model list shown): on
+        # a laptop the examples' second row then fits on the first screen.
+        with gr.Row(equal_height=True, elem_id="settings"):
+            direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B", label="Direction",
+                                 min_width=160)
             identity = gr.Checkbox(value=True, label="trained with identity loss", min_width=150)
             model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY, min_width=150,
                                 filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY)
@@ -358,7 +363,7 @@ def build_demo() -> gr.Blocks:
             # and a click scrolls down to it (SCROLL_TO_RESULT).
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
-                    image = UploadedImage(label="Image", type="filepath", image_mode=None, height=200,
+                    image = UploadedImage(label="Image", type="filepath", image_mode=None, height=180,
                                           sources=["upload", "clipboard", "webcam"])
                     button = gr.Button("Translate", variant="primary")
                     rows = [[str(p), "A2B" if p.name.startswith(a) else "B2A", not p.stem.endswith("3")]
