@@ -454,6 +454,14 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
+def in_fused_adam(event) -> bool:
+    """Whether a profiler event runs inside the fused Adam kernel: the CPU's reads its own CPU step
+    counters (memory reads, not syncs: the CUDA kernel has none)."""
+    while event is not None and not event.name.startswith("aten::_fused_adam"):
+        event = event.cpu_parent
+    return event is not None
+
+
 def profile_counts(step, steps: int, device: torch.device) -> dict:
     """Per step of `step()`, from torch.profiler over `steps` steps: ATen calls, scalar reads
     (`aten::_local_scalar_dense`; on the CPU also those of the fused CPU Adam kernel, which reads its
@@ -470,18 +478,12 @@ def profile_counts(step, steps: int, device: torch.device) -> dict:
         sync()
     events = prof.events()
 
-    def in_optimiser_kernel(e) -> bool:
-        p = e.cpu_parent
-        while p is not None and not p.name.startswith("aten::_fused_adam"):
-            p = p.cpu_parent
-        return p is not None
-
     reads = [e for e in events if e.name == "aten::_local_scalar_dense"]
     device_us = sum(e.device_time for e in events if e.device_type == torch.autograd.DeviceType.CUDA
                     and e.name not in LAUNCH_CALLS and not e.name.startswith(("Memcpy", "Memset")))
     return {"aten_calls": sum(e.name.startswith("aten::") for e in events) / steps,
             "scalar_reads": len(reads) / steps,
-            "scalar_reads_outside_fused_adam": sum(not in_optimiser_kernel(e) for e in reads) / steps,
+            "scalar_reads_outside_fused_adam": sum(not in_fused_adam(e) for e in reads) / steps,
             "kernel_launches": sum(e.name in LAUNCH_CALLS for e in events) / steps,
             "syncs": sum(e.name in SYNC_CALLS for e in events) / steps,
             "device_ms": device_us / 1000 / steps}

@@ -269,6 +269,7 @@ def test_python_m_names_the_extra_it_misses(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else find_spec(name, *a))
     for name in ("scipy", "scipy.linalg"):
         monkeypatch.setitem(sys.modules, name, None)  # importing it fails
+    monkeypatch.delitem(sys.modules, "cyclegan.evaluate", raising=False)  # run afresh, as `python -m` does
     monkeypatch.setattr(sys, "argv", ["cyclegan/evaluate.py", "--model", "m", "--dataroot", "d"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("cyclegan.evaluate", run_name="__main__")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.bench import in_fused_adam
 from cyclegan import CycleGAN
 from cyclegan.training import StepGraph, StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from tests.conftest import TINY, TINY_FLAGS, free_port, measured_precision, run_python
@@ -169,16 +170,9 @@ def test_no_value_is_read_back_between_log_windows(dataroot, tmp_path, monkeypat
         calls.clear()
         with torch.profiler.profile() as prof:
             train(config, TINY)
-        return len(calls) + sum(e.name == "aten::_local_scalar_dense" and not _in_fused_adam(e) for e in prof.events())
+        return len(calls) + sum(e.name == "aten::_local_scalar_dense" and not in_fused_adam(e) for e in prof.events())
 
     assert reads(6) - reads(2) == 4
-
-
-def _in_fused_adam(event) -> bool:
-    """The CPU's fused Adam kernel reads its own CPU step counters (memory reads: the CUDA kernel has none)."""
-    while event is not None and not event.name.startswith("aten::_fused_adam"):
-        event = event.cpu_parent
-    return event is not None
 
 
 def test_amp_auto_is_measured_recorded_and_kept_on_resume(monkeypatch):
