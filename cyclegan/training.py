@@ -64,7 +64,8 @@ class TrainConfig:
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
     cuda_graphs: bool = _opt("replay each training step as one CUDA graph once the image pools are full (no "
-                             "launch overhead; CUDA only, not with --compile, DDP or --amp fp16)", default=False,
+                             "launch overhead; CUDA only, not with --compile, DDP or --amp fp16); checked at "
+                             "capture against the eager step, which training falls back to", default=False,
                              recipe=False)
     memory_format: str = _opt("layout of images and weights on CUDA: channels_last (NHWC, what cuDNN's tensor "
                                "cores convolve) or nchw (instance norm's own layout); the CPU trains in nchw",
@@ -168,9 +169,11 @@ def choose_amp(config: TrainConfig, device: torch.device, G: torch.nn.Module, re
 class StepGraph:
     """Trainer.step_on captured as one CUDA graph and replayed: the host issues one launch a step
     instead of thousands. Captured at the first replay (the pools full, so that their fill phase,
-    a host branch, is over), after warm-up steps on a side stream that update nothing (`skip`) and
-    whose pool draws and tallies are undone; each replay reads the batch from static inputs, the
-    learning rate from the optimisers' lr tensors, and the pools' generators from their registered state."""
+    a host branch, is over), after warm-up steps on a side stream inside `Trainer.undone()` (they
+    update nothing and leave no trace), then checked: inside `undone()` again, one replay must give
+    the losses of one eager step on the same batch. Each replay reads the batch from static inputs,
+    the learning rate from the optimisers' lr tensors, the skip flag from the trainer's, and the
+    pools' generators from their registered state."""
 
     def __init__(self, trainer: "Trainer") -> None:
         self.trainer = trainer
@@ -187,9 +190,9 @@ class StepGraph:
         return self.losses
 
     def capture(self, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
-        """Warm up and capture; on failure the trainer is left as an eager step would find it (the
-        pools' generators are replaced by fresh ones in their saved state, the gradients dropped) and
-        the error is raised for Trainer.train_step to fall back on."""
+        """Warm up, capture and check; on failure the trainer is left as an eager step would find it
+        (the pools' generators are replaced by fresh ones in their saved state, the gradients dropped)
+        and the error is raised for Trainer.train_step to fall back on."""
         t = self.trainer
         pools = (t.pool_A, t.pool_B)
         rng = [pool.rng.get_state() for pool in pools]
@@ -200,7 +203,7 @@ class StepGraph:
                 side.wait_stream(torch.cuda.current_stream(t.device))
                 with torch.cuda.stream(side):  # lazily built state (Adam's moments, cuDNN plans) is made here
                     for _ in range(3):
-                        t.step_on(*self.inputs, skip=True)
+                        t.step_on(*self.inputs)
                 torch.cuda.current_stream(t.device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             for pool in pools:
@@ -208,6 +211,7 @@ class StepGraph:
             # thread_local: the DataLoader's pin-memory thread may call CUDA while this thread captures
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.losses = t.step_on(*self.inputs)
+            self.check()
         except Exception:
             self.graph, self.inputs, self.losses = None, None, {}
             for pool, state in zip(pools, rng):  # a generator a failed capture registered is not reused
@@ -216,6 +220,21 @@ class StepGraph:
             for opt in (t.opt_G, t.opt_D):  # gradients a failed capture allocated hold no values
                 opt.zero_grad(set_to_none=True)
             raise
+
+    def check(self, rtol: float = 1e-3) -> None:
+        """One replay against one eager step on the same batch from the same state, both inside
+        `undone()` (no update, no trace): the same losses, or a RuntimeError naming the first that differs
+        (a graph that replays something else than the step, e.g. a stale input or a value frozen at capture)."""
+        t = self.trainer
+        with t.undone():
+            eager = {k: v.item() for k, v in t.step_on(*self.inputs).items()}
+        with t.undone():
+            self.graph.replay()
+            replayed = {k: v.item() for k, v in self.losses.items()}
+        for name, value in eager.items():
+            if not abs(replayed[name] - value) <= rtol * max(abs(value), abs(replayed[name])) + 1e-6:
+                raise RuntimeError(f"the replayed step's {name} loss is {replayed[name]:.6g}, the eager step's "
+                                   f"{value:.6g}")
 
 
 class Trainer:
@@ -273,6 +292,7 @@ class Trainer:
         self.validation_due = False  # this step's validation was cut short by a stop; run it on resume
         self.step = 0
         self.seconds = 0.0  # training time up to the last save, summed over resumed runs
+        self.skip = torch.zeros((), dtype=torch.bool, device=self.device)  # set inside undone(): no updates
         self._reset_counters(skipped=0)
 
     def _reset_counters(self, skipped: int) -> None:
@@ -290,23 +310,29 @@ class Trainer:
 
     @contextmanager
     def undone(self):
-        """Steps taken inside (with skip=True: no weight changes) leave no trace: the pools, their
-        random draws and the tallies are put back as they were."""
+        """Steps taken inside update no weight and no optimiser state (the skip flag, which the step and
+        a captured graph read, is set) and leave no trace: the pools, their random draws, the weight
+        average and the tallies are put back as they were."""
         pools = [(pool, None if pool.images is None else pool.images.clone(), pool.filled, pool.rng.get_state())
                  for pool in (self.pool_A, self.pool_B)]
-        tallies = (self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad)
+        tallies = [self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad]
+        if self.ema is not None:
+            tallies += list(self.ema.parameters())
         saved = [t.clone() for t in tallies]
         names = list(self.loss_names)
+        self.skip.fill_(True)
         try:
             yield
         finally:
+            self.skip.fill_(False)
             for pool, images, filled, rng in pools:
                 if images is not None:
                     pool.images.copy_(images)
                 pool.filled = filled
                 pool.rng.set_state(rng)
-            for tensor, before in zip(tallies, saved):
-                tensor.copy_(before)
+            with torch.no_grad():
+                for tensor, before in zip(tallies, saved):
+                    tensor.copy_(before)
             if not names:  # the loss sums were made inside: they stay (a graph adds into them), at zero
                 self.loss_sums.zero_()
 
@@ -371,10 +397,10 @@ class Trainer:
         self.step += 1
         return losses
 
-    def step_on(self, real_A: torch.Tensor, real_B: torch.Tensor, skip: bool = False) -> dict[str, torch.Tensor]:
+    def step_on(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
         """The step's device work on batches already on the device, with no host read and no host
-        value that changes from step to step (so that it can be captured as a CUDA graph); `skip`
-        computes everything but updates no weight (the graph's warm-up)."""
+        value that changes from step to step (so that it can be captured as a CUDA graph); with the
+        skip flag set (`undone()`) it computes everything but updates no weight."""
         c, m = self.config, self.model
         n = real_A.shape[0]
         use_identity = c.lambda_identity > 0
@@ -405,7 +431,7 @@ class Trainer:
                 losses["idt_A"] = weight * identity_loss(real_A, idt_A.float())
                 losses["idt_B"] = weight * identity_loss(real_B, idt_B.float())
             loss_G = sum(losses.values())
-        bad_G = ~torch.isfinite(loss_G) | skip
+        bad_G = ~torch.isfinite(loss_G) | self.skip
         self._update(loss_G, self.opt_G, bad_G)
 
         # Discriminators, on real images and on fakes drawn from the pools.
@@ -424,7 +450,7 @@ class Trainer:
         self._update(loss_D, self.opt_D, bad_G | bad_D)
         if self.scaler is not None:
             self.scaler.update()
-        if self.ema is not None and not skip:  # after a skipped step it moves towards the unchanged weights
+        if self.ema is not None:  # after a skipped step it moves towards the unchanged weights
             self.update_ema()
         losses = {k: v.detach() for k, v in losses.items()}
         self._tally(losses, bad_G, bad_D, loss_G.detach(), loss_D.detach())

@@ -496,7 +496,7 @@ def assert_same_training_state(want: Trainer, got: Trainer) -> None:
 
 def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
     """What --cuda-graphs relies on, on the CPU (the capture itself needs CUDA: tests/test_cuda.py):
-    warm-up steps with skip=True inside `undone()` change nothing a later step sees, and the learning
+    warm-up steps inside `undone()` change nothing a later step sees, and the learning
     rate lives in a tensor that the optimiser reads at each step (a replayed graph reads it too)."""
     g = torch.Generator().manual_seed(0)
     batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(5)]
@@ -506,7 +506,7 @@ def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
         if i in (0, 3):  # before the first step (state built lazily) and with the pools full
             with warmed.undone():
                 for _ in range(3):
-                    warmed.step_on(b["A"], b["B"], skip=True)
+                    warmed.step_on(b["A"], b["B"])
         plain.train_step(b)
         warmed.train_step(b)
         for t in (plain, warmed):
@@ -558,3 +558,36 @@ def test_a_refused_capture_falls_back_to_the_eager_step(monkeypatch, capsys):
     assert err.count("warning: --cuda-graphs: the training step could not be captured (RuntimeError: "
                      "operation not permitted when stream is capturing); training goes on without CUDA graphs") == 1
     assert_same_training_state(plain, graphed)
+
+
+def test_the_capture_check_compares_a_replay_with_the_eager_step():
+    """StepGraph.check: a replay that does the step gives the eager step's losses (both inside undone():
+    the same state, pool draws included, and no trace), one that replays something else is refused
+    naming the loss. The 'graph' is a CPU stand-in that runs the step on its inputs."""
+    g = torch.Generator().manual_seed(0)
+    batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(4)]
+    trainer, plain = (Trainer(TrainConfig(amp="none", pool_size=2, ema_decay=0.9), TINY, graph_ready=True)
+                      for _ in range(2))
+    for b in batches[:3]:  # the pools full, as at a capture
+        trainer.train_step(b)
+        plain.train_step(b)
+    graph = StepGraph(trainer)
+    graph.inputs = (batches[3]["A"].clone(), batches[3]["B"].clone())
+    graph.losses = {k: torch.zeros(()) for k in trainer.loss_names}
+
+    class Replay:  # copies the losses of a step on `inputs` into the static outputs
+        def __init__(self, inputs):
+            self.inputs = inputs
+
+        def replay(self):
+            for k, v in trainer.step_on(*self.inputs).items():
+                graph.losses[k].copy_(v)
+
+    graph.graph = Replay(graph.inputs)
+    graph.check()
+    graph.graph = Replay((batches[0]["A"], batches[3]["B"]))  # a stale input
+    with pytest.raises(RuntimeError, match=r"the replayed step's \w+ loss is .*, the eager step's"):
+        graph.check()
+    trainer.train_step(batches[3])
+    plain.train_step(batches[3])
+    assert_same_training_state(plain, trainer)  # the checks left no trace
