@@ -523,6 +523,9 @@ def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = ()
             trainer = Trainer(config, model_config, device)
             for _ in range(config.pool_size + 2 if config.cuda_graphs else 0):  # past the pools' fill and the capture
                 trainer.train_step(batch)
+            if config.cuda_graphs and trainer.graph is None:  # the capture failed here (e.g. out of memory)
+                print(f"({name}, {label}: the capture failed, so it is not timed)")
+                continue
             loops[label] = lambda t=trainer: (t.set_lr(1.0), t.train_step(batch))
         wall = timed(loops, steps, 3, device)  # interleaved: a change of load hits all alike
         base = wall["plain loop (reference.PlainLoop)"]["median"]
@@ -551,48 +554,48 @@ def train_config(label: str, **kw) -> TrainConfig:
                        memory_format="nchw" if "nchw" in flags else "channels_last", **kw)
 
 
-def graph_checks(device: str) -> dict:
-    """--cuda-graphs against the eager step (reference.graphs_against_eager) in both layouts, in float32
-    and, where the GPU has it, in bf16 autocast (what --amp auto trains in); `ok` per layout. A failure is
-    recorded, not raised."""
+def graph_checks(device: str, layout: str) -> dict:
+    """--cuda-graphs against the eager step (reference.graphs_against_eager) in one layout, in float32
+    and, where the GPU has it, in bf16 autocast (what --amp auto trains in); a failure is recorded, not
+    raised. `ok` when every case passed."""
     r: dict = {}
-    for layout in ("channels_last", "nchw"):
-        r[layout] = {}
-        for amp in ("none", "bf16") if torch.cuda.is_bf16_supported() else ("none",):
-            try:
-                r[layout][amp] = graphs_against_eager(torch.device(device), ModelConfig(ngf=16, ndf=16, n_blocks=3),
-                                                      amp=amp, memory_format=layout)
-            except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
-                r[layout][amp] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-        r[layout]["ok"] = all(x["ok"] for x in r[layout].values())
+    for amp in ("none", "bf16") if torch.cuda.is_bf16_supported() else ("none",):
+        try:
+            r[amp] = graphs_against_eager(torch.device(device), ModelConfig(ngf=16, ndf=16, n_blocks=3), amp=amp,
+                                          memory_format=layout)
+        except Exception as e:  # a capture that fails on this torch or GPU: the eager step stands
+            r[amp] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+    r["ok"] = all(x["ok"] for x in r.values())
     return r
 
 
-def _send_graph_checks(device: str, conn) -> None:
-    conn.send(graph_checks(device))
+def _send_graph_checks(device: str, layout: str, conn) -> None:
+    conn.send(graph_checks(device, layout))
 
 
 def check_graphs(device: torch.device, timeout: float = 120) -> dict:
-    """graph_checks in a process of its own, so that a graph that faults the GPU (a sticky CUDA error,
-    which would fail every later CUDA call) or hangs it takes only that process down; the benchmark goes
-    on without graphs then, as when a check disagrees."""
+    """graph_checks for each layout in a process of its own, so that a graph that faults the GPU (a
+    sticky CUDA error, which would fail every later CUDA call) or hangs it, or a capture CUDA refused
+    midway, takes only that process down; the benchmark goes on without graphs in that layout, as
+    when a check disagrees."""
     import multiprocessing
 
     spawn = multiprocessing.get_context("spawn")  # CUDA is already initialised here: no fork
-    receive, send = spawn.Pipe(duplex=False)
-    process = spawn.Process(target=_send_graph_checks, args=(str(device), send), daemon=True)
-    process.start()
-    send.close()
-    try:
-        if not receive.poll(timeout):
-            raise TimeoutError(f"no answer in {timeout:g} s")
-        r = receive.recv()
-    except (EOFError, OSError, TimeoutError) as e:  # it died (EOF) or hung: no layout passed
-        error = f"the check's process ended: {type(e).__name__}: {e or 'it died'}"
-        r = {layout: {"ok": False, "error": error} for layout in ("channels_last", "nchw")}
-    finally:
-        process.kill()
-        process.join()
+    r = {}
+    for layout in ("channels_last", "nchw"):
+        receive, send = spawn.Pipe(duplex=False)
+        process = spawn.Process(target=_send_graph_checks, args=(str(device), layout, send), daemon=True)
+        process.start()
+        send.close()
+        try:
+            if not receive.poll(timeout):
+                raise TimeoutError(f"no answer in {timeout:g} s")
+            r[layout] = receive.recv()
+        except (EOFError, OSError, TimeoutError) as e:  # it died (EOF) or hung
+            r[layout] = {"ok": False, "error": f"the check's process ended: {type(e).__name__}: {e or 'it died'}"}
+        finally:
+            process.kill()
+            process.join()
     print(f"\nCUDA graphs against the eager step: {json.dumps(r)}")
     return r
 
@@ -629,7 +632,10 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, pa
                 break
             per_epoch = math.ceil(STEPS_PER_EPOCH / batch_size) * t["median"]
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-            rows.append(r := {"model": name, "path": path, "batch_size": batch_size, "step_s": t,
+            if config.cuda_graphs and trainer.graph is None:  # the capture failed (e.g. out of memory): eager
+                print(f"| {name} | {batch_size} | the capture failed: timed without CUDA graphs |")
+            rows.append(r := {"model": name, "path": path, "graphed": trainer.graph is not None,
+                              "batch_size": batch_size, "step_s": t,
                               "steps_per_s": 1 / t["median"], "images_per_s": 2 * batch_size / t["median"],
                               "epoch_s": per_epoch, "peak_gib": peak, "projected_200_epochs_h": per_epoch * EPOCHS / 3600})
             row(name, batch_size, f"{r['steps_per_s']:.1f}", f"{r['images_per_s']:.0f}", f"{per_epoch:.0f}",

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,6 +129,8 @@ def make_adam(params, config: TrainConfig, graphs: bool = False) -> tuple[torch.
     graph reads (a float would stay what it was at capture). Returns the optimiser and whether it is fused."""
     params, betas = list(params), (config.beta1, config.beta2)
     if graphs:
+        # its steps before the capture (the pools' fill) are meant to run uncaptured: not worth a warning
+        warnings.filterwarnings("ignore", r".*capturable=True.*running without CUDA graph capture", UserWarning)
         lr = torch.tensor(config.lr, device=params[0].device)
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True, capturable=True), True
     try:
@@ -166,6 +169,22 @@ def choose_amp(config: TrainConfig, device: torch.device, G: torch.nn.Module, re
     return amp, how
 
 
+@contextmanager
+def cudnn_benchmark(on: bool):
+    """cuDNN's timing of convolution algorithms on or off inside; as it was after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+class CaptureBroken(RuntimeError):
+    """CUDA refused a capture midway (a call it forbids while capturing): the process's current stream
+    and its memory allocator are left in capture mode, so training cannot safely go on in it."""
+
+
 class StepGraph:
     """Trainer.step_on captured as one CUDA graph and replayed: the host issues one launch a step
     instead of thousands. Captured at the first replay (the pools full, so that their fill phase,
@@ -192,39 +211,54 @@ class StepGraph:
     def capture(self, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
         """Warm up, capture and check; on failure the trainer is left as an eager step would find it
         (the pools' generators are replaced by fresh ones in their saved state, the gradients dropped)
-        and the error is raised for Trainer.train_step to fall back on."""
+        and the error is raised for Trainer.train_step to fall back on, except CaptureBroken."""
         t = self.trainer
         pools = (t.pool_A, t.pool_B)
         rng = [pool.rng.get_state() for pool in pools]
+        stream = torch.cuda.current_stream(t.device)
+        capturing = False
         try:
             self.inputs = (real_A.clone(), real_B.clone())
             with t.undone():
                 side = torch.cuda.Stream(t.device)
-                side.wait_stream(torch.cuda.current_stream(t.device))
-                with torch.cuda.stream(side):  # lazily built state (Adam's moments, cuDNN plans) is made here
-                    for _ in range(3):
-                        t.step_on(*self.inputs)
-                torch.cuda.current_stream(t.device).wait_stream(side)
+                side.wait_stream(stream)
+                try:
+                    with torch.cuda.stream(side):  # lazily built state (Adam's moments, cuDNN plans) is made here
+                        for _ in range(3):
+                            t.step_on(*self.inputs)
+                finally:  # undone()'s restores follow the warm-up's kernels, also when one of them raised
+                    stream.wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             for pool in pools:
                 self.graph.register_generator_state(pool.rng)
+            capturing = True
             # thread_local: the DataLoader's pin-memory thread may call CUDA while this thread captures
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.losses = t.step_on(*self.inputs)
+            capturing = False
             self.check()
-        except Exception:
+        except Exception as e:
+            # Where CUDA ended the capture itself, torch.cuda.graph could not end it: the current stream
+            # is still its capture stream (and the allocator still routes into the graph's pool).
+            broken = capturing and torch.cuda.current_stream(t.device) != stream
             self.graph, self.inputs, self.losses = None, None, {}
             for pool, state in zip(pools, rng):  # a generator a failed capture registered is not reused
                 pool.rng = torch.Generator(pool.device)
                 pool.rng.set_state(state)
             for opt in (t.opt_G, t.opt_D):  # gradients a failed capture allocated hold no values
                 opt.zero_grad(set_to_none=True)
+            if broken:
+                torch.cuda.set_stream(stream)
+                raise CaptureBroken(f"--cuda-graphs: CUDA refused to capture the training step ({type(e).__name__}: "
+                                    f"{one_line(e, 300)}); this process cannot safely go on: rerun (or --resume) "
+                                    "without --cuda-graphs") from e
             raise
 
     def check(self, rtol: float = 1e-3) -> None:
         """One replay against one eager step on the same batch from the same state, both inside
         `undone()` (no update, no trace): the same losses, or a RuntimeError naming the first that differs
-        (a graph that replays something else than the step, e.g. a stale input or a value frozen at capture)."""
+        (a graph that computes something else than the step, e.g. from a stale input). The updates are
+        not compared here: gpu_check's graphs_against_eager compares weights after 50 steps, and lr 0."""
         t = self.trainer
         with t.undone():
             eager = {k: v.item() for k, v in t.step_on(*self.inputs).items()}
@@ -278,6 +312,9 @@ class Trainer:
             raise ValueError(f"--cuda-graphs needs a CUDA device, without --compile, DDP or --amp fp16 "
                              f"(training on {self.device}{', compiled' if config.compile else ''}"
                              f"{', DDP' if distributed else ''}, amp {self.amp})")
+        if config.cuda_graphs and config.preprocess not in FIXED_SIZE:  # a graph is captured for one shape
+            raise ValueError(f"--cuda-graphs needs batches of one size: --preprocess {' or '.join(FIXED_SIZE)} "
+                             f"(not {config.preprocess})")
         graph_ready = config.cuda_graphs or graph_ready
         self.opt_G, self.fused = make_adam([*m.G_AB.parameters(), *m.G_BA.parameters()], config, graph_ready)
         self.opt_D, _ = make_adam([*m.D_A.parameters(), *m.D_B.parameters()], config, graph_ready)
@@ -388,7 +425,9 @@ class Trainer:
         if self.graph is not None and self.pool_A.full and self.pool_B.full:
             try:
                 losses = self.graph.replay(real_A, real_B)
-            except Exception as e:  # a capture this torch or GPU refuses: the eager step goes on
+            except CaptureBroken:
+                raise
+            except Exception as e:  # a capture this torch or GPU refuses, or one that differs: the eager step goes on
                 print(f"warning: --cuda-graphs: the training step could not be captured ({type(e).__name__}: "
                       f"{one_line(e, 300)}); training goes on without CUDA graphs", file=sys.stderr)
                 self.graph = None
@@ -547,9 +586,14 @@ class Trainer:
                 if lr_tensor and not isinstance(group["lr"], torch.Tensor):
                     group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
                 for p in group["params"]:
-                    if "step" in opt.state.get(p, {}):  # the fused kernel keeps its step count beside the weights
-                        step = opt.state[p]["step"]
-                        opt.state[p]["step"] = step.to(p.device if settings["fused"] else "cpu", torch.float32)
+                    kept = opt.state.get(p, {})
+                    for key, value in kept.items():
+                        if key == "step":  # the fused kernel keeps its step count beside the weights
+                            kept[key] = value.to(p.device if settings["fused"] else "cpu", torch.float32)
+                        elif isinstance(value, torch.Tensor) and value.shape == p.shape:
+                            # the moments in this run's layout: a fused kernel walks them as it walks the
+                            # weights (a channels_last state from a CUDA run would be misread in NCHW)
+                            kept[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
         self.pool_A.load_state_dict(state["pool_A"])  # onto the pool's own device
         self.pool_B.load_state_dict(state["pool_B"])
         torch.set_rng_state(state["rng_cpu"])
@@ -748,7 +792,9 @@ class Training:
 
     def sample(self) -> None:
         if self.main:
-            save_samples(self.trainer.model, *self.samples, self.output / "samples" / f"step_{self.trainer.step:07d}.png")
+            with cudnn_benchmark(False):  # test images of any size: no timing of algorithms for each
+                save_samples(self.trainer.model, *self.samples,
+                             self.output / "samples" / f"step_{self.trainer.step:07d}.png")
 
     def validate(self, stop: StopSignals) -> dict[str, float]:
         """FID and KID of both directions on the validation images, for the generators and (with
@@ -761,7 +807,7 @@ class Training:
         scores = {}
         for kind, model in candidates.items():
             try:
-                with stop.cut_short():
+                with stop.cut_short(), cudnn_benchmark(False):
                     r = evaluate(model, files=self.validation, cache=self.val_cache, progress=False)
             finally:
                 t.model.train()

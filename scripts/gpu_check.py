@@ -144,7 +144,7 @@ def plan(args: argparse.Namespace) -> None:
           file=sys.stderr)
     pace = json.loads(bench.read_text()).get("pace") or {} if bench.is_file() else {}
     # the fastest variant of the step that bench.py timed (CUDA graphs only where checked against the eager step)
-    flags = pace.get("train_flags", [])
+    flags = pace.get("train_flags", ["--cuda-graphs"] if pace.get("cuda_graphs") else [])  # (older results)
     print(f"(plan: the step as {pace.get('fast_path', 'Trainer')}: {' '.join(flags) or 'the defaults'})", file=sys.stderr)
     print(" ".join([f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}", *flags]))
 

@@ -173,5 +173,5 @@ def test_the_graph_check_runs_in_a_process_of_its_own():
     assert set(r) == {"channels_last", "nchw"}
     for layout in r.values():
         assert not layout["ok"] and "--cuda-graphs needs a CUDA device" in layout["none"]["error"]
-    hung = check_graphs(torch.device("cpu"), timeout=0.05)  # no answer in time: the process is ended
+    hung = check_graphs(torch.device("cpu"), timeout=0.05)  # no answer in time: each process is ended
     assert hung["nchw"] == {"ok": False, "error": "the check's process ended: TimeoutError: no answer in 0.05 s"}

@@ -1,8 +1,10 @@
 """The training step, the loop, checkpoints and resume, train.py, and DDP on CPU."""
 import contextlib
+import copy
 import csv
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import torch
 
 from benchmarks.bench import in_fused_adam
 from cyclegan import CycleGAN
-from cyclegan.training import StepGraph, StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
+from cyclegan.training import CaptureBroken, StepGraph, StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from tests.conftest import TINY, TINY_FLAGS, free_port, measured_precision, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -522,15 +524,11 @@ def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
         Trainer(TrainConfig(cuda_graphs=True), TINY)
 
 
-def test_a_refused_capture_falls_back_to_the_eager_step(monkeypatch, capsys):
-    """--cuda-graphs where the capture fails (a torch or GPU that refuses it, found at the first step
-    with the pools full): one warning, then the eager step, from exactly where training was: the
-    warm-up's steps and the failed capture leave weights, averages, optimiser states and pools as a
-    trainer that never tried has them. The CUDA calls are CPU stand-ins; the capture itself is refused."""
-    class Stream:
-        def __init__(self, device=None):
-            pass
+class CudaStandIns:
+    """CPU stand-ins for the CUDA calls of StepGraph.capture: streams (the current one kept here),
+    a graph object, and `torch.cuda.graph` as the context manager `capture` (default: refused at once)."""
 
+    class Stream:
         def wait_stream(self, other):
             pass
 
@@ -538,17 +536,38 @@ def test_a_refused_capture_falls_back_to_the_eager_step(monkeypatch, capsys):
         def register_generator_state(self, generator):
             pass
 
-    def refuse(graph, **kw):
-        raise RuntimeError("operation not permitted when stream is capturing")
+        def replay(self):  # replays nothing: the losses stay what the (eager) capture computed
+            pass
 
-    for name, value in (("Stream", Stream), ("current_stream", lambda device=None: Stream()),
-                        ("stream", lambda s: contextlib.nullcontext()), ("CUDAGraph", Graph), ("graph", refuse)):
-        monkeypatch.setattr(torch.cuda, name, value)
+    def __init__(self, monkeypatch, capture=None):
+        self.current = self.default = self.Stream()
+        def refuse(graph, **kw):
+            raise RuntimeError("operation not permitted")
+
+        for name, value in (("Stream", lambda device=None: self.Stream()),
+                            ("current_stream", lambda device=None: self.current),
+                            ("set_stream", lambda stream: setattr(self, "current", stream)),
+                            ("stream", lambda stream: contextlib.nullcontext()), ("CUDAGraph", self.Graph),
+                            ("graph", capture or refuse)):
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def graph_trainers(n: int = 6):
     g = torch.Generator().manual_seed(0)
-    batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(6)]
+    batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(n)]
     config = TrainConfig(amp="none", pool_size=2, ema_decay=0.9)
     plain, graphed = Trainer(config, TINY, graph_ready=True), Trainer(config, TINY, graph_ready=True)
     graphed.graph = StepGraph(graphed)
+    return batches, plain, graphed
+
+
+def test_a_refused_capture_falls_back_to_the_eager_step(monkeypatch, capsys):
+    """--cuda-graphs where the capture is refused as it starts (a torch or GPU without it, found at the
+    first step with the pools full): one warning, then the eager step, from exactly where training
+    was: the warm-up's steps and the failed capture leave weights, averages, optimiser states and
+    pools as a trainer that never tried has them."""
+    CudaStandIns(monkeypatch)
+    batches, plain, graphed = graph_trainers()
     for b in batches:
         for t in (plain, graphed):
             t.set_lr(0.5)
@@ -556,8 +575,43 @@ def test_a_refused_capture_falls_back_to_the_eager_step(monkeypatch, capsys):
     assert graphed.graph is None
     err = capsys.readouterr().err
     assert err.count("warning: --cuda-graphs: the training step could not be captured (RuntimeError: "
-                     "operation not permitted when stream is capturing); training goes on without CUDA graphs") == 1
+                     "operation not permitted); training goes on without CUDA graphs") == 1
     assert_same_training_state(plain, graphed)
+
+
+def test_a_graph_that_differs_from_the_eager_step_is_dropped(monkeypatch, capsys):
+    """A capture that completes but whose replay gives other losses than the eager step (here a
+    'graph' that replays nothing) is refused by its check: a warning naming the loss, then eager steps."""
+    CudaStandIns(monkeypatch, capture=lambda graph, **kw: contextlib.nullcontext())
+    batches, plain, graphed = graph_trainers()
+    for b in batches:
+        losses = graphed.train_step(b)
+    assert graphed.graph is None and all(torch.isfinite(v) for v in losses.values())
+    assert re.search(r"warning: --cuda-graphs: the training step could not be captured \(RuntimeError: the "
+                     r"replayed step's \w+ loss is \S+, the eager step's \S+\); training goes on", capsys.readouterr().err)
+
+
+def test_a_capture_cuda_ends_midway_stops_training(monkeypatch):
+    """Where CUDA itself ends a capture (a forbidden call inside it), torch.cuda.graph cannot end it and
+    the process stays in capture mode: training stops with what to do instead of going on in it, and
+    the stream is put back."""
+    class EndedByCuda:
+        def __init__(self, graph, **kw):
+            pass
+
+        def __enter__(self):
+            stand_ins.current = CudaStandIns.Stream()  # the capture's own stream
+
+        def __exit__(self, *exc):
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    stand_ins = CudaStandIns(monkeypatch, capture=EndedByCuda)
+    batches, plain, graphed = graph_trainers(4)
+    with pytest.raises(CaptureBroken, match=r"--cuda-graphs: CUDA refused to capture the training step \(RuntimeError: "
+                       r"CUDA error: .*\); this process cannot safely go on: rerun \(or --resume\) without --cuda-graphs"):
+        for b in batches:
+            graphed.train_step(b)
+    assert stand_ins.current is stand_ins.default
 
 
 def test_the_capture_check_compares_a_replay_with_the_eager_step():
@@ -591,3 +645,29 @@ def test_the_capture_check_compares_a_replay_with_the_eager_step():
     trainer.train_step(batches[3])
     plain.train_step(batches[3])
     assert_same_training_state(plain, trainer)  # the checks left no trace
+
+
+def test_a_resumed_optimiser_state_takes_this_runs_layout():
+    """A checkpoint from a CUDA run holds Adam's moments in channels_last; resumed in NCHW (the CPU,
+    or --memory-format nchw), the fused kernel walks them as it walks the weights, so they are
+    converted on loading: the next step's moments and weights are the ones the saving run computes."""
+    g = torch.Generator().manual_seed(0)
+    batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(3)]
+    config = TrainConfig(amp="none", ema_decay=0.9)
+    saving = Trainer(config, TINY)
+    for b in batches[:2]:
+        saving.train_step(b)
+    checkpoint = copy.deepcopy(saving.state_dict())
+    saving.read_losses()  # a new window, as the resumed run starts one
+    for name in ("opt_G", "opt_D"):  # as a CUDA run saves them (training on the CPU here: PyTorch's CPU
+        for moments in checkpoint[name]["state"].values():  # instance norm misreads channels_last gradients)
+            for key in ("exp_avg", "exp_avg_sq"):
+                if moments[key].ndim == 4:
+                    moments[key] = moments[key].contiguous(memory_format=torch.channels_last)
+    resumed = Trainer(config, TINY)
+    resumed.load_state_dict(checkpoint)
+    loaded = [v for opt in (resumed.opt_G, resumed.opt_D) for st in opt.state.values() for v in st.values() if v.ndim == 4]
+    assert loaded and all(v.is_contiguous() for v in loaded)
+    for t in (saving, resumed):
+        t.train_step(batches[2])
+    assert_same_training_state(saving, resumed)
