@@ -65,8 +65,9 @@ class TrainConfig:
                     meta={"choices": ("auto", "none", "bf16", "fp16")})
     compile: bool = _opt("torch.compile the networks", default=False)
     cuda_graphs: bool = _opt("replay each training step as one CUDA graph once the image pools are full (no "
-                             "launch overhead; CUDA only, not with --compile, DDP or --amp fp16); checked at "
-                             "capture against the eager step, which training falls back to", default=False,
+                             "launch overhead; CUDA only, a fixed-size --preprocess, not with --compile, DDP or "
+                             "--amp fp16); checked at capture against the eager step, which training falls back "
+                             "to", default=False,
                              recipe=False)
     memory_format: str = _opt("layout of images and weights on CUDA: channels_last (NHWC, what cuDNN's tensor "
                                "cores convolve) or nchw (instance norm's own layout); the CPU trains in nchw",
@@ -287,6 +288,8 @@ class Trainer:
         self.config, self.device, self.distributed = config, torch.device(device), distributed
         self.model = CycleGAN(model_config, with_discriminators=True).init_weights(config.seed).to(self.device)
         cuda = self.device.type == "cuda"
+        # The CPU trains in NCHW: channels_last is slower there, and torch 2.13's CPU instance_norm backward
+        # misreads a channels_last incoming gradient (F.instance_norm(x) * w with w channels_last: wrong grads).
         channels_last = cuda and config.memory_format == "channels_last"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
