@@ -326,7 +326,9 @@ class Trainer:
         self.pool_B = ImagePool(config.pool_size, seed=config.seed + 2, device=self.device)
         self.ema = None
         if config.ema_decay > 0:
-            self.ema = CycleGAN(model_config).to(self.device).requires_grad_(False).eval()
+            # in the weights' layout: _foreach_lerp_'s one-kernel path needs the same strides on both sides
+            self.ema = CycleGAN(model_config).to(self.device, memory_format=self.memory_format)
+            self.ema.requires_grad_(False).eval()
             self.reset_ema()
         self.best: dict = {}  # validation scores and step of the best model so far
         self.validation_due = False  # this step's validation was cut short by a stop; run it on resume

@@ -111,12 +111,13 @@ def test_half_precision_steps_are_finite_and_close_to_fp32(amp, exact_fp32):
 
 
 def test_auto_amp_on_cuda_is_bf16_in_channels_last():
-    trainer = Trainer(TrainConfig(), TINY, "cuda")
+    trainer = Trainer(TrainConfig(ema_decay=0.9), TINY, "cuda")
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     assert trainer.amp_dtype == expected
     assert trainer.memory_format == torch.channels_last
-    convs = [p for p in trainer.model.parameters() if p.ndim == 4]
-    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    for model in (trainer.model, trainer.ema):  # the average in the weights' layout too
+        convs = [p for p in model.parameters() if p.ndim == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
 
 
 def test_channels_last_gives_the_same_step(exact_fp32):
