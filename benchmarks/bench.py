@@ -28,6 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -600,12 +601,13 @@ def check_graphs(device: torch.device, timeout: float = 120) -> dict:
     return r
 
 
-def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, path: str = "Trainer") -> list[dict]:
+def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, path: str = "Trainer") -> Iterator[dict]:
     """Trainer at each batch size for both model sizes at 256 px (--tiny: a width-4 model at 32 px), as
     the FAST_PATHS variant `path` (on CUDA the one pace() chose: what gpu_check.sh then trains with):
     steps/s, images/s (A and B), seconds per horse2zebra epoch (1334 A images), peak device memory and
-    the 200-epoch projection. The authors advise batch 1; a larger one must win on validation FID at
-    equal wall time before it becomes a default."""
+    the 200-epoch projection, a row at a time (the caller saves each: gpu_check's time limit may cut the
+    sweep). The authors advise batch 1; a larger one must win on validation FID at equal wall time
+    before it becomes a default."""
     setups = {"previews' model": ModelConfig(ngf=32, n_blocks=6), "paper's model": ModelConfig()}
     size = 256
     if tiny:
@@ -613,7 +615,6 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, pa
     row = table(f"Training at each batch size as {path}, {size} px, the default precision (per step median; "
                 "peak device memory; projection: 200 epochs of 1334 A images):",
                 ["model", "batch", "steps/s", "images/s", "s/epoch", "peak GiB", "200 epochs"])
-    rows = []
     for name, model_config in setups.items():
         for batch_size in sizes:
             if device.type == "cuda":
@@ -626,7 +627,7 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, pa
                 trainer = Trainer(config, model_config, device)
                 for _ in range(-(-config.pool_size // batch_size) if config.cuda_graphs else 0):  # fill the pools
                     trainer.train_step(batch)
-                t = timed({"step": lambda: trainer.train_step(batch)}, 5 if tiny else 20, 3, device)["step"]
+                t = timed({"step": lambda t=trainer: t.train_step(batch)}, 5 if tiny else 20, 3, device)["step"]
             except torch.OutOfMemoryError:
                 print(f"| {name} | {batch_size} | out of memory |")
                 break
@@ -634,14 +635,13 @@ def bench_batches(device: torch.device, sizes: list[int], tiny: bool = False, pa
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             if config.cuda_graphs and trainer.graph is None:  # the capture failed (e.g. out of memory): eager
                 print(f"| {name} | {batch_size} | the capture failed: timed without CUDA graphs |")
-            rows.append(r := {"model": name, "path": path, "graphed": trainer.graph is not None,
-                              "batch_size": batch_size, "step_s": t,
-                              "steps_per_s": 1 / t["median"], "images_per_s": 2 * batch_size / t["median"],
-                              "epoch_s": per_epoch, "peak_gib": peak, "projected_200_epochs_h": per_epoch * EPOCHS / 3600})
+            r = {"model": name, "path": path, "graphed": trainer.graph is not None, "batch_size": batch_size,
+                 "step_s": t, "steps_per_s": 1 / t["median"], "images_per_s": 2 * batch_size / t["median"],
+                 "epoch_s": per_epoch, "peak_gib": peak, "projected_200_epochs_h": per_epoch * EPOCHS / 3600}
             row(name, batch_size, f"{r['steps_per_s']:.1f}", f"{r['images_per_s']:.0f}", f"{per_epoch:.0f}",
                 "-" if peak is None else f"{peak:.1f}", f"{r['projected_200_epochs_h']:.1f} h")
             del trainer
-    return rows
+            yield r
 
 
 def pace(profile: list[dict]) -> dict:
@@ -781,9 +781,11 @@ def main(argv: list[str] | None = None) -> int:
             r["pace"] = pace(r["profile"])
         save()
     if "batches" in sections:
-        r["batches"] = bench_batches(device, [1, 2] if args.tiny else [1, 2, 4, 8, 16], args.tiny,
-                                     r.get("pace", {}).get("fast_path", "Trainer"))
-        save()
+        r["batches"] = []
+        for measured in bench_batches(device, [1, 2] if args.tiny else [1, 2, 4, 8, 16], args.tiny,
+                                      r.get("pace", {}).get("fast_path", "Trainer")):
+            r["batches"].append(measured)
+            save()
     if "data" in sections:
         r["data_loading"] = bench_data_loading(data, [0, 2], 20 if quick else 100)
         save()

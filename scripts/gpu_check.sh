@@ -73,7 +73,7 @@ else
     TRAIN=(--device cuda --ngf 32 --n-blocks 6 --ndf 32 --load-size 286 --crop-size 256 --batch-size 4
            --ema-decay 0.999 --workers 4 --log-every 100 --save-every 1000 --sample-every 1000)
     BENCH=(--device cuda --quick --only generator)
-    PACE=(--device cuda --only profile,batches)
+    PACE=(--device cuda --quick --only profile,batches)  # --quick: 20 steps a loop in the profile
     BATCH=4
     read -r -a extra <<< "${GPU_CHECK_TRAIN:-}"
     TRAIN+=("${extra[@]}")
