@@ -9,7 +9,8 @@
 #   4. pytest tests/test_cuda.py                     (CUDA against the CPU)
 #   5. horse2zebra at 256 px crops from the packed archive (python scripts/pack_dataset.py), identity
 #      0.5 and 0 side by side for the minutes left, on a schedule that ends at lr 0 inside the call
-#      (gpu_check.py plan: from the rate step 2 measured), and meanwhile
+#      (gpu_check.py plan: from the rate step 2 measured; a run that fails with --cuda-graphs runs
+#      again without them), and meanwhile
 #      bench.py on two of the machine's CPU cores      (generator fp32 vs the default precision)
 #   6. both runs exported as float16 model folders, and a grid of them on test images
 # and everything packed into at most 8 files directly in OUT_DIR (what the GPU machine returns):
@@ -24,7 +25,8 @@
 # 540; dry run 300) bounds the whole; PYTHON picks the interpreter (default python3); GPU_CHECK_ARCHIVE
 # the dataset zip (default data/horse2zebra-256.zip; the dry run packs a tiny synthetic one where it is
 # absent); GPU_CHECK_SKIP names steps to leave out (e.g. "bench cpu-bench", when they were measured before);
-# GPU_CHECK_TRAIN adds train.py flags (e.g. "--epochs 2 --decay-epochs 1", which replace the planned schedule).
+# GPU_CHECK_TRAIN adds train.py flags (e.g. "--epochs 2 --decay-epochs 1", which replace the planned schedule;
+# also in the dry run, where "--cuda-graphs" shows the retry without them: the CPU refuses them).
 set -u -o pipefail
 shopt -s nullglob
 
@@ -75,10 +77,10 @@ else
     BENCH=(--device cuda --quick --only generator)
     PACE=(--device cuda --quick --only profile,batches)  # --quick: 20 steps a loop in the profile
     BATCH=4
-    read -r -a extra <<< "${GPU_CHECK_TRAIN:-}"
-    TRAIN+=("${extra[@]}")
     GRID_SIZE=256
 fi
+read -r -a extra <<< "${GPU_CHECK_TRAIN:-}"
+TRAIN+=("${extra[@]}")
 
 RUNS=(identity:0.5 no-identity:0)  # NAME:λ_identity of the two training runs
 
@@ -92,6 +94,25 @@ record() {  # NAME RC SECONDS LIMIT: one line of steps.tsv and of the log
 skipped() { [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]]; }
 
 RESERVE=50  # seconds that the steps before the export leave for it (export, grid, packing)
+
+train_run() {  # NAME λ_IDENTITY LIMIT: train.py for at most LIMIT s. A run that fails with --cuda-graphs (a
+               # capture CUDA refused stops it) runs again without them for the time left: the lease still trains it.
+    local name=$1 lambda=$2 end=$(( $(date +%s) + $3 )) rc arg args=("${TRAIN[@]}") kept
+    while :; do
+        timeout -s TERM -k 30 "$(( end - $(date +%s) ))" "${PIN[@]}" "$PY" train.py --dataroot "$DATA" \
+            --output "$WORK/runs/$name" --lambda-identity "$lambda" "${args[@]}" >> "$LOGS/train-$name.log" 2>&1
+        rc=$?
+        if [ $rc -eq 0 ] || [ $rc -eq 124 ] || [[ " ${args[*]} " != *" --cuda-graphs "* ]] ||
+            [ $(( end - $(date +%s) )) -lt 60 ]; then
+            return $rc
+        fi
+        echo "== train-$name: exit status $rc with --cuda-graphs; again without them" | tee -a "$LOGS/train-$name.log"
+        kept=()
+        for arg in "${args[@]}"; do [ "$arg" = --cuda-graphs ] || kept+=("$arg"); done
+        args=("${kept[@]}")
+        rm -rf "${WORK:?}/runs/$name"
+    done
+}
 
 step() {  # NAME CAP COMMAND...: run COMMAND for at most CAP seconds (less if the budget is nearly spent)
     local name=$1 cap=$2 limit t0 rc
@@ -152,8 +173,7 @@ if [ -n "$DATA" ] && [ "$limit" -ge 10 ]; then
     echo "== train (at most $limit s): $DATA, identity 0.5 and 0, ${TRAIN[*]}"
     t0=$(date +%s)
     for run in "${RUNS[@]}"; do
-        timeout -s TERM -k 30 "$limit" "${PIN[@]}" "$PY" train.py --dataroot "$DATA" --output "$WORK/runs/${run%%:*}" \
-            --lambda-identity "${run#*:}" "${TRAIN[@]}" > "$LOGS/train-${run%%:*}.log" 2>&1 &
+        train_run "${run%%:*}" "${run#*:}" "$limit" &
         pids+=($!)
     done
 else
