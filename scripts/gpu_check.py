@@ -126,25 +126,29 @@ def pytest_summary(log: Path) -> dict:
 def plan(args: argparse.Namespace) -> None:
     """train.py's --epochs and --decay-epochs for a schedule that ends at lr 0 within `seconds`, from the
     steps/s that bench.py's batches section measured for the previews' model at this batch size (one
-    run alone; `--share` of that rate each when runs share the GPU), less `--startup` seconds; then the
-    flags of the fastest variant of the step that bench.py's profile section timed (its "pace")."""
-    rate = None
-    bench = Path(args.bench)
-    if bench.is_file():
-        for r in json.loads(bench.read_text()).get("batches", []):
-            if r["batch_size"] == args.batch_size and r["model"] in ("previews' model", "width 4"):
-                rate = r["steps_per_s"] * args.share
-    if rate is None:
+    run alone; `--share` of that rate each when runs share the GPU: by default 0.6 for the eager step,
+    which waits on the host, and 0.45 with CUDA graphs, which split the GPU itself), less `--startup`
+    seconds; then the flags of the fastest variant of the step that bench.py's profile section timed
+    (its "pace"), less --cuda-graphs where that batch size's capture failed."""
+    data = json.loads(Path(args.bench).read_text()) if Path(args.bench).is_file() else {}
+    pace = data.get("pace") or {}
+    flags = pace.get("train_flags", ["--cuda-graphs"] if pace.get("cuda_graphs") else [])  # (older results)
+    measured = [r for r in data.get("batches", [])
+                if r["batch_size"] == args.batch_size and r["model"] in ("previews' model", "width 4")]
+    if measured and "--cuda-graphs" in flags and not measured[0].get("graphed", True):
+        flags = [f for f in flags if f != "--cuda-graphs"]
+        print(f"(plan: batch {args.batch_size} could not be captured in the sweep: no --cuda-graphs)", file=sys.stderr)
+    share = args.share or (0.45 if "--cuda-graphs" in flags else 0.6)
+    if measured:
+        rate = measured[0]["steps_per_s"] * share
+    else:
         rate = args.fallback_steps_per_s
-        print(f"(no measured rate for batch {args.batch_size} in {bench}: assuming {rate} steps/s)", file=sys.stderr)
+        print(f"(no measured rate for batch {args.batch_size} in {args.bench}: assuming {rate} steps/s)", file=sys.stderr)
     images = max(len([f for f in (Path(args.dataroot) / d).iterdir() if f.is_file()]) for d in ("trainA", "trainB"))
     steps_per_epoch = max(1, images // args.batch_size)
     epochs = max(2, int(max(0.0, args.seconds - args.startup) * rate // steps_per_epoch))
     print(f"(plan: {rate:.1f} steps/s, {steps_per_epoch} steps an epoch, {args.seconds:.0f} s: {epochs} epochs)",
           file=sys.stderr)
-    pace = json.loads(bench.read_text()).get("pace") or {} if bench.is_file() else {}
-    # the fastest variant of the step that bench.py timed (CUDA graphs only where checked against the eager step)
-    flags = pace.get("train_flags", ["--cuda-graphs"] if pace.get("cuda_graphs") else [])  # (older results)
     print(f"(plan: the step as {pace.get('fast_path', 'Trainer')}: {' '.join(flags) or 'the defaults'})", file=sys.stderr)
     print(" ".join([f"--epochs {epochs // 2} --decay-epochs {epochs - epochs // 2}", *flags]))
 
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--dataroot", required=True)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--share", type=float, default=0.6, help="each run's share of the measured rate")
+    p.add_argument("--share", type=float, help="each run's share of the measured rate (default 0.6; 0.45 with "
+                   "CUDA graphs)")
     p.add_argument("--startup", type=float, default=60, help="seconds before the first step")
     p.add_argument("--fallback-steps-per-s", type=float, default=6.0,
                    help="each run's rate where none was measured (two runs at batch 4 did 12 on an H100 before)")
