@@ -490,10 +490,10 @@ def profile_counts(step, steps: int, device: torch.device) -> dict:
             "device_ms": device_us / 1000 / steps}
 
 
-def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = ()) -> list[dict]:
+def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = (), profiled: int = 5) -> list[dict]:
     """Where a training step's time goes: Trainer (the loop's per-step work: set_lr and train_step)
     beside benchmarks/reference.py's PlainLoop (independent networks, default Adam), `steps`
-    interleaved steps of each timed, then 5 of each profiled. On the CPU the host-bound proxy (width
+    interleaved steps of each timed, then `profiled` of each profiled (their counts are per step). On the CPU the host-bound proxy (width
     4, 32 px, one thread, fp32: almost no arithmetic, the step is dispatch); on CUDA the real sizes at
     256 px, Trainer in its default precision in both layouts (FAST_PATHS) and, in the `graphs` layouts
     (those whose graphs_against_eager passed), with --cuda-graphs, timed once its pools are full."""
@@ -532,7 +532,7 @@ def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = ()
         base = wall["plain loop (reference.PlainLoop)"]["median"]
         for loop, fn in loops.items():
             m = {"wall_ms": {k: v * 1000 if k != "n" else v for k, v in wall[loop].items()},
-                 **profile_counts(fn, 5, device)}
+                 **profile_counts(fn, profiled, device)}
             rows.append(r := {"setup": name, "loop": loop, **m, "plain_over_this": base / wall[loop]["median"]})
             row(name, loop, f"{m['wall_ms']['min']:.1f} / {m['wall_ms']['median']:.1f}", f"{m['aten_calls']:.0f}",
                 f"{m['scalar_reads']:.0f} ({m['scalar_reads_outside_fused_adam']:.0f})", f"{m['kernel_launches']:.0f}",
@@ -776,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
             r["graphs_check"] = check_graphs(device)
         checked = r.get("graphs_check", {})
         r["profile"] = bench_profile(device, 10 if args.tiny else 20 if quick else 40,
-                                     graphs=tuple(layout for layout, c in checked.items() if c["ok"]))
+                                     graphs=tuple(layout for layout, c in checked.items() if c["ok"]),
+                                     profiled=2 if args.tiny else 5)
         if device.type == "cuda":
             r["pace"] = pace(r["profile"])
         save()
