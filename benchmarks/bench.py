@@ -506,10 +506,10 @@ def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = ()
     else:
         setups = {"previews' model, 256 px": (ModelConfig(ngf=32, n_blocks=6), 256),
                   "paper's model, 256 px": (ModelConfig(), 256)}
-    configs = {"Trainer": TrainConfig(amp="auto" if cuda else "none")}
+    configs = {"Trainer": TrainConfig(amp="none")}
     if cuda:
-        configs = {label: train_config(label) for label in FAST_PATHS
-                   if "graphs" not in label or ("nchw" if "NCHW" in label else "channels_last") in graphs}
+        configs = {label: config for label in FAST_PATHS
+                   if not (config := train_config(label)).cuda_graphs or config.memory_format in graphs}
     row = table(f"Profile of one training step, batch 1, {torch.get_num_threads()} thread(s) (per step: wall ms min / "
                 "median; scalar reads outside the fused Adam kernel in brackets):",
                 ["setup", "loop", "wall ms", "ATen calls", "scalar reads", "kernel launches", "syncs", "device ms",
@@ -541,18 +541,23 @@ def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = ()
     return rows
 
 
-# The training step's variants that bench_profile times on CUDA, as train.py flags: the layout, and the
-# step replayed as a CUDA graph (only where check_graphs passed for that layout).
-FAST_PATHS = {"Trainer": [], "Trainer, NCHW": ["--memory-format", "nchw"],
-              "Trainer + CUDA graphs": ["--cuda-graphs"],
-              "Trainer + CUDA graphs, NCHW": ["--cuda-graphs", "--memory-format", "nchw"]}
+# The training step's variants that bench_profile times on CUDA, as TrainConfig fields: the layout, and
+# the step replayed as a CUDA graph (only where check_graphs passed for that layout).
+FAST_PATHS = {"Trainer": {}, "Trainer, NCHW": {"memory_format": "nchw"},
+              "Trainer + CUDA graphs": {"cuda_graphs": True},
+              "Trainer + CUDA graphs, NCHW": {"cuda_graphs": True, "memory_format": "nchw"}}
 
 
 def train_config(label: str, **kw) -> TrainConfig:
     """The TrainConfig of a FAST_PATHS variant."""
-    flags = FAST_PATHS[label]
-    return TrainConfig(cuda_graphs="--cuda-graphs" in flags,
-                       memory_format="nchw" if "nchw" in flags else "channels_last", **kw)
+    return TrainConfig(**FAST_PATHS[label], **kw)
+
+
+def train_flags(label: str) -> list[str]:
+    """train.py's flags for a FAST_PATHS variant."""
+    fields = FAST_PATHS[label]
+    return ((["--cuda-graphs"] if fields.get("cuda_graphs") else [])
+            + (["--memory-format", fields["memory_format"]] if "memory_format" in fields else []))
 
 
 def graph_checks(device: str, layout: str) -> dict:
@@ -658,8 +663,8 @@ def pace(profile: list[dict]) -> dict:
 
     measured = [label for label in FAST_PATHS if median_s("paper", label) and median_s("previews", label)]
     fast = min(measured, key=lambda label: sum(median_s(m, label) / median_s(m, "Trainer") for m in ("paper", "previews")))
-    return {**figures(fast), "fast_path": fast, "train_flags": FAST_PATHS[fast],
-            "cuda_graphs": "--cuda-graphs" in FAST_PATHS[fast],
+    return {**figures(fast), "fast_path": fast, "train_flags": train_flags(fast),
+            "cuda_graphs": FAST_PATHS[fast].get("cuda_graphs", False),
             "plain": figures("plain loop (reference.PlainLoop)"),
             "variants": {label: figures(label) for label in measured}}
 

@@ -357,10 +357,10 @@ class Trainer:
         average and the tallies are put back as they were."""
         pools = [(pool, None if pool.images is None else pool.images.clone(), pool.filled, pool.rng.get_state())
                  for pool in (self.pool_A, self.pool_B)]
-        tallies = [self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad]
+        restored = [self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad]
         if self.ema is not None:
-            tallies += list(self.ema.parameters())
-        saved = [t.clone() for t in tallies]
+            restored += list(self.ema.parameters())
+        saved = [t.clone() for t in restored]
         names = list(self.loss_names)
         self.skip.fill_(True)
         try:
@@ -373,7 +373,7 @@ class Trainer:
                 pool.filled = filled
                 pool.rng.set_state(rng)
             with torch.no_grad():
-                for tensor, before in zip(tallies, saved):
+                for tensor, before in zip(restored, saved):
                     tensor.copy_(before)
             if not names:  # the loss sums were made inside: they stay (a graph adds into them), at zero
                 self.loss_sums.zero_()

@@ -152,11 +152,13 @@ def test_the_fast_path_is_the_fastest_variant_and_the_plan_trains_with_it(tmp_pa
                for loop, both in ms.items() for i, setup in enumerate(("paper's model, 256 px", "previews' model, 256 px"))]
     p = pace(profile)
     # graphs NCHW: 20/75 + 14/60 = 0.50; graphs: 30/75 + 12/60 = 0.60
-    assert p["fast_path"] == "Trainer + CUDA graphs, NCHW" and p["train_flags"] == FAST_PATHS[p["fast_path"]]
+    assert p["fast_path"] == "Trainer + CUDA graphs, NCHW" and p["cuda_graphs"]
+    assert p["train_flags"] == ["--cuda-graphs", "--memory-format", "nchw"]
     assert p["paper_batch1_s_per_step"] == 0.020 and round(p["preview_batch1_steps_per_s"], 2) == 71.43
     assert p["plain"]["paper_batch1_s_per_step"] == 0.110 and set(p["variants"]) == set(FAST_PATHS)
     without_graphs = pace([r for r in profile if "graphs" not in r["loop"]])  # the check failed: not timed
     assert without_graphs["fast_path"] == "Trainer, NCHW" and not without_graphs["cuda_graphs"]
+    assert without_graphs["train_flags"] == ["--memory-format", "nchw"]
 
     make_images(tmp_path / "data" / "trainA", 12, seed=1)
     make_images(tmp_path / "data" / "trainB", 8, seed=2)
