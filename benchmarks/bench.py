@@ -782,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         checked = r.get("graphs_check", {})
         r["profile"] = bench_profile(device, 10 if args.tiny else 20 if quick else 40,
                                      graphs=tuple(layout for layout, c in checked.items() if c["ok"]),
-                                     profiled=2 if args.tiny else 5)
+                                     profiled=1 if args.tiny else 5)
         if device.type == "cuda":
             r["pace"] = pace(r["profile"])
         save()

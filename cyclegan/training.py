@@ -66,8 +66,8 @@ class TrainConfig:
     compile: bool = _opt("torch.compile the networks", default=False)
     cuda_graphs: bool = _opt("replay each training step as one CUDA graph once the image pools are full (no "
                              "launch overhead; CUDA only, a fixed-size --preprocess, not with --compile, DDP or "
-                             "--amp fp16); checked at capture against the eager step, which training falls back "
-                             "to", default=False,
+                             "--amp fp16); checked at capture against the eager step (its losses, and its update at "
+                             "another learning rate), which training falls back to", default=False,
                              recipe=False)
     memory_format: str = _opt("layout of images and weights on CUDA: channels_last (NHWC, what cuDNN's tensor "
                                "cores convolve) or nchw (instance norm's own layout); the CPU trains in nchw",
@@ -191,7 +191,7 @@ class StepGraph:
     instead of thousands. Captured at the first replay (the pools full, so that their fill phase,
     a host branch, is over), after warm-up steps on a side stream inside `Trainer.undone()` (they
     update nothing and leave no trace), then checked: inside `undone()` again, one replay must give
-    the losses of one eager step on the same batch. Each replay reads the batch from static inputs,
+    the losses and the update of one eager step on the same batch (`check`). Each replay reads the batch from static inputs,
     the learning rate from the optimisers' lr tensors, the skip flag from the trainer's, and the
     pools' generators from their registered state."""
 
@@ -255,11 +255,15 @@ class StepGraph:
                                     "without --cuda-graphs") from e
             raise
 
-    def check(self, rtol: float = 1e-3) -> None:
+    def check(self, rtol: float = 1e-3, update_tol: float = 0.5) -> None:
         """One replay against one eager step on the same batch from the same state, both inside
-        `undone()` (no update, no trace): the same losses, or a RuntimeError naming the first that differs
-        (a graph that computes something else than the step, e.g. from a stale input). The updates are
-        not compared here: gpu_check's graphs_against_eager compares weights after 50 steps, and lr 0."""
+        `undone()` (no trace): first without updates, the same losses within `rtol`; then with them, at
+        half the learning rate the graph was captured with, the same weights after, within `update_tol`
+        of the eager update's norm (cuDNN's non-deterministic kernels and the Adam moments of
+        near-zero gradients make them differ a little; a replay that skips its update or uses the
+        capture's learning rate differs by the whole update). Raises a RuntimeError naming what differs:
+        a graph that computes something else than the step (e.g. from a stale input or a value frozen
+        at capture). gpu_check's graphs_against_eager also compares weights after 50 steps."""
         t = self.trainer
         with t.undone():
             eager = {k: v.item() for k, v in t.step_on(*self.inputs).items()}
@@ -270,6 +274,30 @@ class StepGraph:
             if not abs(replayed[name] - value) <= rtol * max(abs(value), abs(replayed[name])) + 1e-6:
                 raise RuntimeError(f"the replayed step's {name} loss is {replayed[name]:.6g}, the eager step's "
                                    f"{value:.6g}")
+        self.check_update(update_tol)
+
+    def check_update(self, tol: float) -> None:
+        t = self.trainer
+        lr = t.opt_G.param_groups[0]["lr"]
+        factor = float(lr) / t.config.lr if t.config.lr else 0.0
+        if not factor:  # nothing moves at lr 0
+            return
+        weights = [p.detach() for p in t.model.parameters()]
+        before = [w.clone() for w in weights]
+        try:
+            after = []
+            for step in (lambda: t.step_on(*self.inputs), self.graph.replay):
+                with t.undone(update=True):
+                    t.set_lr(factor / 2)
+                    step()
+                    after.append([w.clone() for w in weights])
+        finally:
+            t.set_lr(factor)
+        norm = lambda tensors: torch.stack(torch._foreach_norm(tensors)).norm().item()  # noqa: E731
+        moved, differs = norm(torch._foreach_sub(after[0], before)), norm(torch._foreach_sub(after[1], after[0]))
+        if differs > tol * moved:
+            raise RuntimeError(f"the replayed step's update differs from the eager step's by {differs / moved:.0%} "
+                               f"of its norm ({moved:.3g}) at lr {t.config.lr * factor / 2:.3g}")
 
 
 class Trainer:
@@ -351,18 +379,24 @@ class Trainer:
         self.skipped_read = skipped
 
     @contextmanager
-    def undone(self):
+    def undone(self, update: bool = False):
         """Steps taken inside update no weight and no optimiser state (the skip flag, which the step and
         a captured graph read, is set) and leave no trace: the pools, their random draws, the weight
-        average and the tallies are put back as they were."""
+        average and the tallies are put back as they were. With `update`, the steps inside do update,
+        and the weights and the optimisers' state (which must exist) are put back too, in place (a
+        captured graph holds their addresses)."""
         pools = [(pool, None if pool.images is None else pool.images.clone(), pool.filled, pool.rng.get_state())
                  for pool in (self.pool_A, self.pool_B)]
         restored = [self.step_count, self.loss_sums, self.finite_steps, self.skipped, self.first_bad]
         if self.ema is not None:
             restored += list(self.ema.parameters())
+        if update:
+            restored += [p.data for p in self.model.parameters()]
+            restored += [v for opt in (self.opt_G, self.opt_D) for state in opt.state.values()
+                         for v in state.values() if isinstance(v, torch.Tensor)]
         saved = [t.clone() for t in restored]
         names = list(self.loss_names)
-        self.skip.fill_(True)
+        self.skip.fill_(not update)
         try:
             yield
         finally:

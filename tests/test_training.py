@@ -615,9 +615,11 @@ def test_a_capture_cuda_ends_midway_stops_training(monkeypatch):
 
 
 def test_the_capture_check_compares_a_replay_with_the_eager_step():
-    """StepGraph.check: a replay that does the step gives the eager step's losses (both inside undone():
-    the same state, pool draws included, and no trace), one that replays something else is refused
-    naming the loss. The 'graph' is a CPU stand-in that runs the step on its inputs."""
+    """StepGraph.check: a replay that does the step gives the eager step's losses and, at another
+    learning rate than the capture's, its update (both inside undone(): the same state, pool draws
+    included, and no trace); one that replays something else is refused naming the loss, one that
+    skips its update or keeps the capture's learning rate naming the update. The 'graph' is a CPU
+    stand-in that runs the step on its inputs."""
     g = torch.Generator().manual_seed(0)
     batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(4)]
     trainer, plain = (Trainer(TrainConfig(amp="none", pool_size=2, ema_decay=0.9), TINY, graph_ready=True)
@@ -637,11 +639,32 @@ def test_the_capture_check_compares_a_replay_with_the_eager_step():
             for k, v in trainer.step_on(*self.inputs).items():
                 graph.losses[k].copy_(v)
 
+    class SkipsUpdate(Replay):  # the right losses, but the update skipped (a skip flag stuck on)
+        def replay(self):
+            trainer.skip.fill_(True)
+            super().replay()
+
+    class FrozenLR(Replay):  # the right losses, but the learning rate the capture saw
+        lr = [opt.param_groups[0]["lr"].clone() for opt in (trainer.opt_G, trainer.opt_D)]
+
+        def replay(self):
+            now = [opt.param_groups[0]["lr"].clone() for opt in (trainer.opt_G, trainer.opt_D)]
+            for opt, lr in zip((trainer.opt_G, trainer.opt_D), self.lr):
+                opt.param_groups[0]["lr"].copy_(lr)
+            super().replay()
+            for opt, lr in zip((trainer.opt_G, trainer.opt_D), now):
+                opt.param_groups[0]["lr"].copy_(lr)
+
     graph.graph = Replay(graph.inputs)
     graph.check()
     graph.graph = Replay((batches[0]["A"], batches[3]["B"]))  # a stale input
     with pytest.raises(RuntimeError, match=r"the replayed step's \w+ loss is .*, the eager step's"):
         graph.check()
+    for wrong in (SkipsUpdate, FrozenLR):  # each moves the weights by the whole update away from the eager step
+        graph.graph = wrong(graph.inputs)
+        with pytest.raises(RuntimeError, match=r"the replayed step's update differs from the eager step's by 100% "
+                                               r"of its norm \(\S+\) at lr 0.0001"):
+            graph.check()
     trainer.train_step(batches[3])
     plain.train_step(batches[3])
     assert_same_training_state(plain, trainer)  # the checks left no trace
