@@ -190,10 +190,10 @@ class StepGraph:
     """Trainer.step_on captured as one CUDA graph and replayed: the host issues one launch a step
     instead of thousands. Captured at the first replay (the pools full, so that their fill phase,
     a host branch, is over), after warm-up steps on a side stream inside `Trainer.undone()` (they
-    update nothing and leave no trace), then checked: inside `undone()` again, one replay must give
-    the losses and the update of one eager step on the same batch (`check`). Each replay reads the batch from static inputs,
-    the learning rate from the optimisers' lr tensors, the skip flag from the trainer's, and the
-    pools' generators from their registered state."""
+    update nothing and leave no trace), then checked (`check`): one replay must give the losses and
+    the update of one eager step on the same batch from the same state. Each replay reads the batch
+    from static inputs, the learning rate from the optimisers' lr tensors, the skip flag from the
+    trainer's, and the pools' generators from their registered state."""
 
     def __init__(self, trainer: "Trainer") -> None:
         self.trainer = trainer
@@ -391,7 +391,7 @@ class Trainer:
         if self.ema is not None:
             restored += list(self.ema.parameters())
         if update:
-            restored += [p.data for p in self.model.parameters()]
+            restored += [p.detach() for p in self.model.parameters()]
             restored += [v for opt in (self.opt_G, self.opt_D) for state in opt.state.values()
                          for v in state.values() if isinstance(v, torch.Tensor)]
         saved = [t.clone() for t in restored]
