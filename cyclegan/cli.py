@@ -56,10 +56,10 @@ def needs(feature: str, modules: list[str]) -> str:
     return f"{feature} needs {' and '.join(EXTRAS[m][0] for m in modules)}: {install_hint(extras)}"
 
 
-def run(module: str, command: str | None = None) -> NoReturn:
-    """Run cyclegan.MODULE's main() as the console command cyclegan-MODULE (or as `command`, such as
-    `python -m cyclegan.MODULE`, the name its one-line errors start with)."""
-    command = command or command_name(module)
+def run(module: str) -> NoReturn:
+    """Run cyclegan.MODULE's main() as the console command cyclegan-MODULE, or as `python -m
+    cyclegan.MODULE` (the name its one-line errors start with: prog())."""
+    command = prog(f"python -m cyclegan.{module}")
     if module in NEEDS and (message := missing_extra(*NEEDS[module])):
         sys.exit(f"{command}: {message}")
     try:

@@ -241,4 +241,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
     from .cli import run
-    run("evaluate", "python -m cyclegan.evaluate")
+    run("evaluate")

@@ -108,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
     from .cli import run
-    run("export_onnx", "python -m cyclegan.export_onnx")
+    run("export_onnx")

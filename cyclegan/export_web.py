@@ -184,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
     from .cli import run
-    run("export_web", "python -m cyclegan.export_web")
+    run("export_web")

@@ -81,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
     from .cli import run
-    run("hub", "python -m cyclegan.hub")
+    run("hub")

@@ -91,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
     from .cli import run
-    run("train", "python -m cyclegan.train")
+    run("train")

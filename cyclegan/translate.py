@@ -186,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # a missing extra is a one-line message, as for the console command
     from .cli import run
-    run("translate", "python -m cyclegan.translate")
+    run("translate")
