@@ -132,7 +132,7 @@ def plan(args: argparse.Namespace) -> None:
     (its "pace"), less --cuda-graphs where that batch size's capture failed."""
     data = json.loads(Path(args.bench).read_text()) if Path(args.bench).is_file() else {}
     pace = data.get("pace") or {}
-    flags = pace.get("train_flags", ["--cuda-graphs"] if pace.get("cuda_graphs") else [])  # (older results)
+    flags = pace.get("train_flags", [])
     measured = [r for r in data.get("batches", [])
                 if r["batch_size"] == args.batch_size and r["model"] in ("previews' model", "width 4")]
     if measured and "--cuda-graphs" in flags and not measured[0].get("graphed", True):
