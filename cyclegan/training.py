@@ -283,7 +283,6 @@ class StepGraph:
         if not factor:  # nothing moves at lr 0
             return
         weights = [p.detach() for p in t.model.parameters()]
-        before = [w.clone() for w in weights]
         try:
             after = []
             for step in (lambda: t.step_on(*self.inputs), self.graph.replay):
@@ -294,7 +293,8 @@ class StepGraph:
         finally:
             t.set_lr(factor)
         norm = lambda tensors: torch.stack(torch._foreach_norm(tensors)).norm().item()  # noqa: E731
-        moved, differs = norm(torch._foreach_sub(after[0], before)), norm(torch._foreach_sub(after[1], after[0]))
+        # undone() put the weights back: they are those both steps started from
+        moved, differs = norm(torch._foreach_sub(after[0], weights)), norm(torch._foreach_sub(after[1], after[0]))
         if differs > tol * moved:
             raise RuntimeError(f"the replayed step's update differs from the eager step's by {differs / moved:.0%} "
                                f"of its norm ({moved:.3g}) at lr {t.config.lr * factor / 2:.3g}")
