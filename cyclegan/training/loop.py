@@ -10,15 +10,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
-from ..data import DeviceImages, EpochSampler, UnpairedDataset
 from ..datasets import download_dataset
+from ..files import one_line
 from ..model import ModelConfig
 from ..runlog import LossLog, sample_images, save_samples, write_validation_list
+from ..runstatus import RunStatus
 from .checkpoints import save_checkpoint
 from .recipe import TrainConfig, cudnn_benchmark, lr_factor, resolve_device
-from .signals import StopRequested, StopSignals, ignore_stop_signals
+from .batches import TrainingData
+from .signals import StopRequested, StopSignals
 from .step import Trainer
 from .validation import Validation
 
@@ -69,13 +70,8 @@ class Training:
         self.main = rank == 0
         self.config = c = prepare_run(config, self.main, dist.barrier if self.distributed else lambda: None)
         self.output = Path(c.output)
-        self.dataset = UnpairedDataset(c.dataroot, "train", c.preprocess, c.load_size, c.crop_size, c.flip, c.seed,
-                                       c.val_count)
-        self.sampler = EpochSampler(len(self.dataset), c.seed, rank, world_size)
-        self.steps_per_epoch = len(self.sampler) // c.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{c.dataroot}: {len(self.dataset)} images are fewer than --batch-size {c.batch_size} "
-                             f"x {world_size} processes")
+        self.data = TrainingData(c, device, rank, world_size)
+        self.steps_per_epoch = self.data.steps_per_epoch
         self.total_steps = (c.epochs + c.decay_epochs) * self.steps_per_epoch
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
@@ -83,32 +79,14 @@ class Training:
                                recorded_amp=resume_state.get("amp") if resume_state is not None else None)
         if resume_state is not None:
             self.trainer.load_state_dict(resume_state, source=c.resume)
-        self.loader = DataLoader(self.dataset, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
-                                 pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=ignore_stop_signals)
-        self.images = DeviceImages(self.dataset, device) if self.data_on_device(device) else None
         self.log = LossLog(self.output, self.trainer.step) if self.main else None
         self.samples = sample_images(Path(c.dataroot), c.n_samples, c.crop_size) if self.main else None
-        self.validation = Validation({"A": self.dataset.val_A, "B": self.dataset.val_B}, self.output)
+        self.validation = Validation(self.data.validation_files(), self.output)
         if self.main and c.val_count:
             write_validation_list(self.output / "validation.txt", Path(c.dataroot), self.validation.files)
         self.start_time, self.seconds_before = time.time(), self.trainer.seconds
         self.saved_step = self.trainer.step if resume_state is not None else None  # step of checkpoint.pt
-
-    def data_on_device(self, device: torch.device) -> bool:
-        """--data-on-device: "auto" is yes on CUDA for resize_and_crop when the uint8 images take at most
-        a quarter of the GPU's memory."""
-        c = self.config
-        if c.data_on_device != "auto":
-            return c.data_on_device == "yes"
-        if device.type != "cuda" or not DeviceImages.supports(self.dataset):
-            return False
-        return DeviceImages.nbytes(self.dataset) <= torch.cuda.get_device_properties(device).total_memory // 4
-
-    def batches(self):
-        """This epoch's batches (the sampler set to it): cropped on the device, or from the DataLoader."""
-        if self.images is not None:
-            return self.images.batches(iter(self.sampler), self.config.batch_size)
-        return self.loader
+        self.status: RunStatus | None = None  # status.json, while the loop runs
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.start_time
@@ -130,6 +108,8 @@ class Training:
         self.trainer.model.save_pretrained(self.output / "model")
         save_checkpoint(self.trainer.state_dict(), self.output / "checkpoint.pt")
         self.saved_step = self.trainer.step
+        if self.status is not None:
+            self.status.update(checkpoint_step=self.saved_step)
         self.log.plot()
 
     def sample(self) -> None:
@@ -155,7 +135,7 @@ class Training:
     def start_line(self) -> str:
         """What the run does, as it starts: device, precision (and how "auto" chose it), data path, steps."""
         t = self.trainer
-        data = (f"images decoded into {t.device.type} memory" if self.images is not None
+        data = (f"images decoded into {t.device.type} memory" if self.data.images is not None
                 else f"{self.config.workers} loader workers")
         return (f"training on {t.device} in {t.precision}; {data}; {self.steps_per_epoch} steps per epoch, "
                 f"{self.total_steps} in all")
@@ -167,46 +147,24 @@ class Training:
         if self.main:
             print(self.start_line(), file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=t.step, disable=not self.main, dynamic_ncols=True, unit="step")
+        self.status = self.status_file()
         t.model.train()
         try:
-            with StopSignals() as stop:
+            with StopSignals(on_first=self.stopping) as stop:
                 if self.main and c.eval_every and t.validation_due:  # cut short by the stop before this resume
                     self.validate_and_log(stop, bar, t.opt_G.param_groups[0]["lr"])  # the saved step's lr
                     if not t.validation_due:
                         self.save()
                 while t.step < self.total_steps and stop.name is None:
-                    epoch, done_in_epoch = divmod(t.step, self.steps_per_epoch)
-                    self.dataset.epoch = epoch
-                    self.sampler.set_epoch(epoch, start=done_in_epoch * c.batch_size)
-                    for batch in self.batches():
-                        lr = t.set_lr(lr_factor(t.step, self.steps_per_epoch, c.epochs, c.decay_epochs))
-                        t.train_step(batch)  # nothing read back: the device runs ahead
-                        bar.update(1)
-                        step, last = t.step, t.step == self.total_steps
-                        evaluated = self.main and c.eval_every and (step % c.eval_every == 0 or last)
-                        saving = evaluated or step % c.save_every == 0 or step % self.steps_per_epoch == 0 or last
-                        if step % c.log_every == 0 or saving:  # the only reads of the device
-                            t.tally.check_finite()
-                        if step % c.log_every == 0 or last:
-                            self.write_losses(t.tally.read(), lr, bar)
-                        if evaluated:
-                            self.validate_and_log(stop, bar, lr)
-                        if saving:
-                            self.save()
-                        if step % c.sample_every == 0 or last:
-                            self.sample()
-                        if last or stop.name is not None:
-                            break
+                    self.epoch(stop, bar)
                 if stop.name is not None:
-                    if self.saved_step != t.step:  # a stop at a save (or cut-short validation) step: saved once
-                        self.save()
-                    if self.main:
-                        bar.write(f"{stop.name}: saved {self.output / 'checkpoint.pt'} at step {t.step}; "
-                                  f"continue with --resume {self.output}", file=sys.stderr)
+                    self.save_on_stop(stop, bar)
         except KeyboardInterrupt:  # a second signal: stop at once, and do not save a step cut short
-            if self.main:
-                kept = "no checkpoint yet" if self.saved_step is None else f"the last save stands (step {self.saved_step})"
-                bar.write(f"stopped at once: {kept}; continue with --resume {self.output}", file=sys.stderr)
+            kept = "no checkpoint yet" if self.saved_step is None else f"the last save stands (step {self.saved_step})"
+            self.say(bar, f"stopped at once: {kept}; continue with --resume {self.output}", "stopped")
+            raise
+        except BaseException as e:
+            self.say(bar, None, "failed", f"{type(e).__name__}: {one_line(e, 300)}")
             raise
         finally:
             bar.close()
@@ -215,10 +173,70 @@ class Training:
         if self.main and stop.name is None and c.push_to_hub:
             url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
             print(f"pushed {self.output / 'model'} to {url}")
+        if stop.name is None:
+            self.say(bar, None, "finished", f"finished: {t.step} steps")
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()
         return self.output
+
+    def epoch(self, stop: StopSignals, bar) -> None:
+        """The steps of the epoch the run is in, from where it is; stops early at the end or on a signal."""
+        c, t = self.config, self.trainer
+        for batch in self.data.epoch(t.step):
+            lr = t.set_lr(lr_factor(t.step, self.steps_per_epoch, c.epochs, c.decay_epochs))
+            t.train_step(batch)  # nothing read back: the device runs ahead
+            bar.update(1)
+            if self.status is not None:
+                self.status.update(step=t.step, epoch=round(t.step / self.steps_per_epoch, 3))
+            self.after_step(lr, stop, bar)
+            if t.step == self.total_steps or stop.name is not None:
+                break
+
+    def after_step(self, lr: float, stop: StopSignals, bar) -> None:
+        """What is due at this step: losses read and logged, validation, a save, a sample grid."""
+        c, t = self.config, self.trainer
+        step, last = t.step, t.step == self.total_steps
+        evaluated = self.main and c.eval_every and (step % c.eval_every == 0 or last)
+        saving = evaluated or step % c.save_every == 0 or step % self.steps_per_epoch == 0 or last
+        if step % c.log_every == 0 or saving:  # the only reads of the device
+            t.tally.check_finite()
+        if step % c.log_every == 0 or last:
+            self.write_losses(t.tally.read(), lr, bar)
+        if evaluated:
+            self.validate_and_log(stop, bar, lr)
+        if saving:
+            self.save()
+        if step % c.sample_every == 0 or last:
+            self.sample()
+
+    def save_on_stop(self, stop: StopSignals, bar) -> None:
+        if self.saved_step != self.trainer.step:  # a stop at a save (or cut-short validation) step: saved once
+            self.save()
+        self.say(bar, f"{stop.name}: saved {self.output / 'checkpoint.pt'} at step {self.trainer.step}; "
+                      f"continue with --resume {self.output}", "stopped", f"stopped at step {self.trainer.step}")
+
+    def status_file(self) -> RunStatus | None:
+        if not self.main:
+            return None
+        t = self.trainer
+        return RunStatus(self.output, {"state": "running", "step": t.step, "total_steps": self.total_steps,
+                                       "epoch": round(t.step / self.steps_per_epoch, 3),
+                                       "checkpoint_step": self.saved_step}).start()
+
+    def stopping(self, name: str) -> None:
+        """The first stop signal (in the signal handler): said in status.json at once."""
+        if self.status is not None:
+            self.status.update(state="stopping", message=f"{name}: finishing the step, then saving")
+
+    def say(self, bar, line: str | None, state: str, message: str = "") -> None:
+        """A run's last word: a line for the terminal, and the final state in status.json."""
+        if not self.main:
+            return
+        if line:
+            bar.write(line, file=sys.stderr)
+        if self.status is not None:
+            self.status.close(state, message or line or "")
 
     def write_losses(self, means: dict[str, float], lr: float, bar) -> None:
         """The mean losses of the last logging window, into losses.csv and the progress bar."""

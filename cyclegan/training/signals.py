@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
+from typing import Callable
 
 
 class StopRequested(Exception):
@@ -13,16 +14,20 @@ class StopRequested(Exception):
 class StopSignals:
     """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once,
     without saving (the last checkpoint stands). Work that may be dropped and redone later (a
-    validation: minutes on a CPU) runs inside `cut_short()`, where the first signal ends it at once."""
+    validation: minutes on a CPU) runs inside `cut_short()`, where the first signal ends it at once.
+    `on_first(name)` is called in the handler of the first signal (e.g. to say "stopping")."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
         self.name: str | None = None
         self.cutting_short = False
+        self.on_first = on_first
 
     def _handle(self, signum, frame) -> None:
         if self.name is not None:
             raise KeyboardInterrupt
         self.name = signal.Signals(signum).name
+        if self.on_first is not None:
+            self.on_first(self.name)
         if self.cutting_short:
             raise StopRequested(self.name)
 
