@@ -47,7 +47,7 @@ def log_tail(run: Path, lines: int = 12, max_bytes: int = 64_000) -> list[str]:
         return []
     root = str(Path(run).resolve())
     out = []
-    for line in text.splitlines()[-4 * lines:]:
+    for line in text.split("\n")[-4 * lines:]:  # not splitlines(): \r is a redraw, not a new line
         line = ANSI.sub("", line.rstrip("\r").rsplit("\r", 1)[-1]).rstrip()
         line = line.replace(root, Path(run).name)
         line = ABSOLUTE.sub(lambda m: "…/" + m[1] if m[1] else "…/", line)

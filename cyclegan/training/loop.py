@@ -174,7 +174,7 @@ class Training:
             url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
             print(f"pushed {self.output / 'model'} to {url}")
         if stop.name is None:
-            self.say(bar, None, "finished", f"finished: {t.step} steps")
+            self.say(bar, None, "finished", f"finished at step {t.step}")
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()
