@@ -36,6 +36,7 @@ from cyclegan.data import ImageError, load_rgb
 from cyclegan.files import DownloadError, one_line
 from cyclegan.inference import cpu_precision
 from cyclegan.translate import AUTHORS, VideoError, load_model as load_any, translate_video as video_to_video
+import train_tab
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED_NAME = "horse2zebra preview (bundled)"
@@ -52,6 +53,12 @@ CONCURRENCY = int(os.environ.get("CYCLEGAN_CONCURRENCY", 1))
 # Gradio's worker threads takes the request: each thread that calls torch gets its own OpenMP team.
 MODEL_THREADS = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="model")
 ALLOW_ANY = os.environ.get("CYCLEGAN_ALLOW_ANY_MODEL") == "1"  # free text: Hub ids and server folders (local use)
+TRAINING = train_tab.enabled()  # the Train tab (CYCLEGAN_TRAINING=1), whose runs' models join the list
+# Gradio's limit is one for all uploads: raised to the Train tab's zip limit there, the images and videos
+# keep theirs (checked in `check_upload`).
+MAX_FILE_SIZE = train_tab.parse_size(os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"))
+MAX_UPLOAD = max(MAX_FILE_SIZE, train_tab.parse_size(os.environ.get("CYCLEGAN_MAX_ZIP_SIZE", "2gb"))) if TRAINING \
+    else MAX_FILE_SIZE
 # Cached examples and translated videos live for the life of the process: a cache left by an older
 # version of the app or of the weights is never served.
 WORK = tempfile.TemporaryDirectory(prefix="cyclegan-app-")
@@ -103,6 +110,8 @@ def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
     """The model a request names, and how to name it. Only configured names are served (unless
     CYCLEGAN_ALLOW_ANY_MODEL=1), and no message says anything about the server's files."""
     choice = choice or DEFAULT
+    if TRAINING and choice.startswith(train_tab.RUN_PREFIX):  # a model trained in the Train tab
+        return train_tab.run_model(choice)
     entry = MODELS.get(choice)
     if entry is None and not ALLOW_ANY:
         raise gr.Error(f"Unknown model {choice!r}: choose one of {', '.join(map(repr, MODELS))}")
@@ -116,6 +125,12 @@ def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
         print(f"cannot load {source}: {one_line(e)}", file=sys.stderr)
         detail = f": {one_line(e, 300)}" if ALLOW_ANY else "; the other models still work"
         raise gr.Error(f"Model {choice!r} cannot be loaded{detail}") from None
+
+
+def check_upload(path, name: str) -> None:
+    """The images' and videos' own size limit, where Gradio's is raised for the Train tab's zips."""
+    if MAX_UPLOAD > MAX_FILE_SIZE and isinstance(path, str) and os.path.getsize(path) > MAX_FILE_SIZE:
+        raise gr.Error(f"{name} is {os.path.getsize(path) / 1e6:.0f} MB, above the limit of {MAX_FILE_SIZE / 1e6:.0f} MB")
 
 
 def heat_map(x: Image.Image, rec: Image.Image) -> Image.Image:
@@ -133,6 +148,7 @@ def run_cycle(image: str | None, direction: str, identity: bool, model: str | No
     if direction not in ("A2B", "B2A"):
         raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
     name = Path(image).name if isinstance(image, str) else "image"
+    check_upload(image, name)
     try:
         x = load_rgb(image, max_pixels=MAX_PIXELS)
     except ImageError as e:
@@ -248,6 +264,7 @@ def translate_video(video: str | None, direction: str = "A2B", identity: bool = 
         raise gr.Error("Upload a video first.")
     if direction not in ("A2B", "B2A"):
         raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
+    check_upload(video, Path(video).name)
     net, _ = get_model(model, identity)
     out = Path(tempfile.mkdtemp(dir=WORK.name)) / f"{Path(video).stem}-{direction}.mp4"
     try:
@@ -344,8 +361,9 @@ def build_demo() -> gr.Blocks:
             direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B", label="Direction",
                                  min_width=160)
             identity = gr.Checkbox(value=True, label="trained with identity loss", min_width=150)
-            model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY, min_width=150,
-                                filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY)
+            # With the Train tab, its runs' models join the list as they save (and /translate takes their names).
+            model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY or TRAINING,
+                                min_width=150, filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY or TRAINING)
         # The page's results, rendered beside the upload box: the examples there need them as outputs. The
         # page shows them as JPEG (`show`); the API's PNGs are outputs of their own, never shown.
         # At least 250 px wide: side by side on a laptop, one under the other on a phone (165 px each cut
@@ -393,6 +411,9 @@ def build_demo() -> gr.Blocks:
             gr.Markdown(f"Frame by frame, at the video's size and frame rate, without sound; up to "
                         f"{MAX_VIDEO_PIXELS / 1e6:g} million frame pixels (e.g. "
                         f"{MAX_VIDEO_PIXELS / (640 * 480 * 30):.0f} s of 640×480 at 30 frames/s).")
+        if TRAINING:
+            refresh, shown = train_tab.build(model, list(MODELS))
+            demo.load(refresh, None, shown, api_visibility="private", queue=False)
         with gr.Accordion("About these models", open=False):
             gr.Markdown(about(MODELS))
         with gr.Accordion("More options", open=False):
@@ -421,14 +442,17 @@ def build_demo() -> gr.Blocks:
 if __name__ == "__main__":
     # SIGTERM (a Space's or a test's stop) as a normal exit, so that WORK is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server_name = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    if refusal := train_tab.refuse_exposure(server_name):
+        sys.exit(f"app.py: {refusal}")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
     # System fonts: the page then needs no web fonts, offline included, and renders every glyph.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
     build_demo().queue(default_concurrency_limit=CONCURRENCY, max_size=64).launch(
         theme=theme, css=CSS,
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_name=server_name,
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-        max_file_size=os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"),
+        max_file_size=MAX_UPLOAD,
         allowed_paths=[str(ROOT / "weights"), str(EXAMPLES), *([str(WEB_DIR)] if HAS_WEB else [])],
     )

@@ -45,6 +45,17 @@ def process_start(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]  # a zombie has ended
 
 
+def new_name(root: Path, source: str) -> str:
+    """A run's name: its data's name and the time it started, unique in `root`."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", source).strip(".-_")[:40] or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name, n = f"{base}-{stamp}", 1
+    while (root / name).exists():
+        n += 1
+        name = f"{base}-{stamp}-{n}"
+    return name
+
+
 class Jobs:
     """The runs folder `root` (CYCLEGAN_RUNS), where each run is a folder `root/NAME`."""
 
@@ -87,18 +98,15 @@ class Jobs:
                     "message": "no training job yet", "model": None}
         folder = self.folder(name)
         status = read_status(folder) or {}
+        request = self.request(name)
         alive = self.running() == name
         if alive and status.get("state") not in ACTIVE:  # started, and its supervisor has not yet said so
-            status = {**status, "state": "preparing", "message": "starting"}
+            status = {**status, "state": "preparing", "message": request.get("starting", "starting")}
         if status.get("state", "preparing") in ACTIVE and not alive:
             status.update(state="failed", log=log_tail(folder), steps_per_s=None, eta_s=None,
                           message="the training process ended without saying why (killed, or the machine restarted)")
-        status.setdefault("step", 0)
-        status.setdefault("total_steps", 0)
-        status.update(run=name, model=self.model_name(name))
-        for key in ("steps_per_s", "eta_s", "message"):
-            status.setdefault(key, None if key != "message" else "")
-        request = self.request(name)
+        status = {"step": 0, "total_steps": 0, "steps_per_s": None, "eta_s": None, "message": "", **status,
+                  "run": name, "model": self.model_name(name)}
         status["command"], status["data"] = request.get("command"), request.get("data")
         return status
 
@@ -139,7 +147,7 @@ class Jobs:
             if (busy := self.running()) is not None:
                 return {**self.status(busy), "message": f"a job is already running: {busy}; stop it first"}
             self.check_space()
-            name = self.new_name(Path(zip_path).stem if zip_path else dataset)
+            name = new_name(self.root, Path(zip_path).stem if zip_path else dataset)
             folder = self.folder(name)
             folder.mkdir(parents=True)
             try:
@@ -151,8 +159,9 @@ class Jobs:
             request.update(recipe=recipe, settings=values, target=values.get("max_steps", 0),
                            command=recipes.command(request["shown"], f"runs/{name}", values),
                            flags=[*data, "--output", str(folder), *recipes.flags(values)])
+            request["starting"] = f"starting: {request.get('data') or 'dataset ' + dataset}"
             write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
-            return self.launch(name, f"starting: {request.get('data') or 'dataset ' + dataset}")
+            return self.launch(name, request["starting"])
 
     def prepare_data(self, folder: Path, zip_path: str | None, dataset: str) -> dict:
         if zip_path:
@@ -178,23 +187,26 @@ class Jobs:
             folder, request = self.folder(name), self.request(name)
             if max_steps:
                 request["target"] = max_steps
-                write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
+            flags = request["flags"]  # without a checkpoint (stopped before its first save): from the start
             if (folder / "checkpoint.pt").is_file() or (folder / "checkpoint.prev.pt").is_file():
-                steps = ["--max-steps", str(request["target"])] if request.get("target") else []
-                request["flags"] = ["--resume", str(folder), *steps]
-            return self.launch(name, "resuming", request)
+                flags = ["--resume", str(folder), *(["--max-steps", str(request["target"])] if request.get("target") else [])]
+            elif max_steps:
+                flags = [*flags, "--max-steps", str(max_steps)]
+            request["starting"] = f"resuming from step {(read_status(folder) or {}).get('checkpoint_step') or 0}"
+            write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
+            return self.launch(name, request["starting"], flags)
 
-    def launch(self, name: str, message: str, request: dict | None = None) -> dict:
+    def launch(self, name: str, message: str, flags: list[str] | None = None) -> dict:
         """The supervisor of a job in a session of its own; called holding `exclusive()`."""
         folder = self.folder(name)
-        request = request or self.request(name)
+        flags = flags or self.request(name)["flags"]
         (folder / STOP).unlink(missing_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
                "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                                      os.environ.get("PYTHONPATH")]))}
         env.pop("HF_TOKEN", None)  # the trainer never pushes; a token stays out of its environment
         args = [sys.executable, "-m", "cyclegan.jobs.supervisor", str(folder), "--niceness", str(self.niceness),
-                "--stop-timeout", str(self.stop_timeout), "--message", message, "--", *request["flags"]]
+                "--stop-timeout", str(self.stop_timeout), "--message", message, "--", *flags]
         proc = subprocess.Popen(args, cwd=folder, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie here
@@ -228,20 +240,8 @@ class Jobs:
 
     # ---- the folder -------------------------------------------------------------------------
 
-    def new_name(self, source: str) -> str:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "-", source).strip(".-_")[:40] or "run"
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name, n = f"{base}-{stamp}", 1
-        while (self.root / name).exists():
-            n += 1
-            name = f"{base}-{stamp}-{n}"
-        return name
-
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
-
     def check_space(self) -> None:
-        used = self.size()
+        used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
         if used >= self.max_bytes:
             raise ValueError(f"the runs folder holds {used / 1e9:.1f} GB, its cap is {self.max_bytes / 1e9:.1f} GB "
                              "(CYCLEGAN_RUNS_MAX_SIZE): delete runs first")

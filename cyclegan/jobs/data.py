@@ -8,6 +8,7 @@ import re
 import shutil
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -121,12 +122,15 @@ def extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, chunk: int =
     bomb whose header lies) is refused."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with zf.open(info) as src, open(dest, "wb") as out:
-        while block := src.read(chunk):
-            written += len(block)
-            if written > info.file_size:
-                raise DataError(f"{info.filename}: unpacks to more than the {info.file_size:,} bytes it declares")
-            out.write(block)
+    try:
+        with zf.open(info) as src, open(dest, "wb") as out:
+            while block := src.read(chunk):
+                written += len(block)
+                if written > info.file_size:
+                    raise DataError(f"{info.filename}: unpacks to more than the {info.file_size:,} bytes it declares")
+                out.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a CRC that does not match, a truncated member
+        raise DataError(f"{info.filename}: a damaged member in the zip ({e})") from None
 
 
 def check_folder(folder: Path, max_pixels: int, names: str = "") -> DataReport:

@@ -20,9 +20,10 @@ class Recipe:
 
 
 RECIPES = {
+    # 300 steps at a constant learning rate, however many images (the epochs only make it long enough)
     "quick": Recipe("a quick look", "small networks at 64 px for 300 steps: minutes on a CPU, blurry but shows "
                     "whether the data works", {"ngf": 16, "ndf": 32, "n_blocks": 3},
-                    {"load_size": 72, "crop_size": 64, "epochs": 1, "decay_epochs": 1, "max_steps": 300}),
+                    {"load_size": 72, "crop_size": 64, "epochs": 300, "decay_epochs": 0, "max_steps": 300}),
     "preview": Recipe("the CPU preview", "the bundled previews' recipe: ngf 32, 6 blocks, 128 px crops, 8 epochs "
                       "and 6 of decay (horse2zebra: 18,676 steps, about 3 hours on 2 cores)",
                       {"ngf": 32, "ndf": 64, "n_blocks": 6},
@@ -89,6 +90,16 @@ def seconds_per_step(values: dict, threads: int | None = None, steps: int = 2) -
     finally:
         torch.set_num_threads(before)
     return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def total_steps(values: dict, largest_domain: int) -> int:
+    """The steps a job of these settings takes on a dataset whose larger training folder has this many
+    images (train.py: an epoch is that many images; the schedule, then --max-steps if smaller)."""
+    from ..training import TrainConfig
+
+    config = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+    steps = (config.epochs + config.decay_epochs) * max(1, largest_domain // config.batch_size)
+    return min(steps, config.max_steps) if config.max_steps else steps
 
 
 def estimate_line(seconds: float, total_steps: int | None) -> str:
