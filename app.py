@@ -59,6 +59,9 @@ TRAINING = train_tab.enabled()  # the Train tab (CYCLEGAN_TRAINING=1), whose run
 MAX_FILE_SIZE = train_tab.parse_size(os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"))
 MAX_UPLOAD = max(MAX_FILE_SIZE, train_tab.parse_size(os.environ.get("CYCLEGAN_MAX_ZIP_SIZE", "2gb"))) if TRAINING \
     else MAX_FILE_SIZE
+SERVER_NAME = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+if __name__ == "__main__" and (refusal := train_tab.refuse_exposure(SERVER_NAME)):
+    sys.exit(f"app.py: {refusal}")  # said before any model loads
 # Cached examples and translated videos live for the life of the process: a cache left by an older
 # version of the app or of the weights is never served.
 WORK = tempfile.TemporaryDirectory(prefix="cyclegan-app-")
@@ -442,16 +445,13 @@ def build_demo() -> gr.Blocks:
 if __name__ == "__main__":
     # SIGTERM (a Space's or a test's stop) as a normal exit, so that WORK is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server_name = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    if refusal := train_tab.refuse_exposure(server_name):
-        sys.exit(f"app.py: {refusal}")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
     # System fonts: the page then needs no web fonts, offline included, and renders every glyph.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
     build_demo().queue(default_concurrency_limit=CONCURRENCY, max_size=64).launch(
         theme=theme, css=CSS,
-        server_name=server_name,
+        server_name=SERVER_NAME,
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         max_file_size=MAX_UPLOAD,
         allowed_paths=[str(ROOT / "weights"), str(EXAMPLES), *([str(WEB_DIR)] if HAS_WEB else [])],
