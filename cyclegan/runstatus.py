@@ -31,7 +31,16 @@ def read_status(run: Path) -> dict | None:
 
 
 def write_status(run: Path, status: dict) -> None:
+    if status.get("message"):
+        status = {**status, "message": without_paths(status["message"], run)}
     write_atomic(Path(run) / STATUS, json.dumps(status, indent=1).encode())
+
+
+def without_paths(line: str, run: Path) -> str:
+    """A line with no absolute path of the server: the run's folder named by its name, other paths by
+    their last part."""
+    line = line.replace(str(Path(run).resolve()), Path(run).name)
+    return ABSOLUTE.sub(lambda m: "…/" + m[1] if m[1] else "…/", line)
 
 
 def log_tail(run: Path, lines: int = 12, max_bytes: int = 64_000) -> list[str]:
@@ -45,12 +54,9 @@ def log_tail(run: Path, lines: int = 12, max_bytes: int = 64_000) -> list[str]:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    root = str(Path(run).resolve())
     out = []
     for line in text.split("\n")[-4 * lines:]:  # not splitlines(): \r is a redraw, not a new line
-        line = ANSI.sub("", line.rstrip("\r").rsplit("\r", 1)[-1]).rstrip()
-        line = line.replace(root, Path(run).name)
-        line = ABSOLUTE.sub(lambda m: "…/" + m[1] if m[1] else "…/", line)
+        line = without_paths(ANSI.sub("", line.rstrip("\r").rsplit("\r", 1)[-1]).rstrip(), run)
         if line:
             out.append(line)
     return out[-lines:]

@@ -147,6 +147,19 @@ def test_the_job_outlives_the_process_that_started_it(jobs, tiny_zip):
     assert (s["state"], s["step"], s["run"]) == ("finished", 30, run)
 
 
+def test_a_dataset_is_downloaded_and_checked_before_training(tmp_path, zip_server):
+    url, _, _ = zip_server
+    jobs = Jobs(tmp_path / "runs", threads=1, datasets_url=url)
+    jobs.start("quick", True, 2, dataset="tiny", **TINY_JOB)
+    s = ended(jobs)
+    assert (s["state"], s["step"]) == ("finished", 2)
+    assert s["data"] == "images: trainA 1, trainB 1, testA 1, testB 1; sizes 8×8 to 8×8 px"
+    assert (tmp_path / "runs" / ".datasets" / "tiny" / "trainA" / "0.png").is_file()
+    jobs.start("quick", True, 2, dataset="broken", **TINY_JOB)
+    s = ended(jobs)
+    assert s["state"] == "failed" and s["message"].startswith("…/broken.zip: downloaded file is not a valid zip")
+
+
 def test_status_before_any_job_and_names_that_are_not_runs(jobs):
     assert jobs.status() == {"state": "idle", "run": None, "step": 0, "total_steps": 0, "steps_per_s": None,
                              "eta_s": None, "message": "no training job yet", "model": None}

@@ -169,7 +169,7 @@ class Jobs:
             return {"data": report.summary(), "flags": ["--dataroot", str(folder / "data")],
                     "shown": ["--dataroot", f"runs/{folder.name}/data"]}
         from ..datasets import DATASETS
-        if dataset not in DATASETS:
+        if dataset not in DATASETS and not (self.datasets_url and NAME.fullmatch(dataset)):  # another server's names
             raise ValueError(f"dataset {dataset!r} is not an official CycleGAN dataset: choose one of {', '.join(DATASETS)}")
         flags = ["--dataset", dataset, "--data-dir", str(self.root / ".datasets")]
         if self.datasets_url:
