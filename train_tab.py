@@ -299,6 +299,14 @@ def push_run(run: str | None, repo_id: str, profile: gr.OAuthProfile | None = No
 
 def build(model: gr.Dropdown, model_choices: list[str]) -> None:
     """The Train tab, inside the app's Blocks; `model` is the Translate tab's model list."""
+    from cyclegan.training import TrainConfig
+
+    def sizes(key: str) -> list[int]:
+        """The recipe's crop size, load size and batch: the fields show what it will do (left empty, they
+        showed 0 in red, below their minimum, and Start refused them)."""
+        values = {**vars(TrainConfig()), **recipes.settings(key)}
+        return [values["crop_size"], values["load_size"], values["batch_size"]]
+
     with gr.Tab("Train", id="train"):
         if login_required():
             gr.LoginButton()
@@ -313,9 +321,9 @@ def build(model: gr.Dropdown, model_choices: list[str]) -> None:
                 recipe_info = gr.Markdown(recipe_text("quick"))
                 with gr.Row(elem_id="train-numbers"):
                     steps = gr.Number(0, label="steps (0: the recipe's)", precision=0, minimum=0)
-                    crop = gr.Number(None, label="crop size", precision=0, minimum=32, maximum=512)
-                    load = gr.Number(None, label="load size", precision=0, minimum=32, maximum=1024)
-                    batch = gr.Number(None, label="batch", precision=0, minimum=1, maximum=16)
+                    crop = gr.Number(sizes("quick")[0], label="crop size", precision=0, minimum=32, maximum=512)
+                    load = gr.Number(sizes("quick")[1], label="load size", precision=0, minimum=32, maximum=1024)
+                    batch = gr.Number(sizes("quick")[2], label="batch", precision=0, minimum=1, maximum=16)
                 identity = gr.Checkbox(True, label="identity loss")
                 with gr.Row():
                     estimate_button = gr.Button("Estimate")
@@ -352,7 +360,8 @@ def build(model: gr.Dropdown, model_choices: list[str]) -> None:
     shown = [progress, plot, samples, log, command, data, runs, model, timer]
     refresh = functools.partial(view, model_choices)
     gr.on([timer.tick], refresh, None, shown, api_visibility="private", show_progress="hidden", queue=False)
-    recipe.change(recipe_text, recipe, recipe_info, api_visibility="private", queue=False)
+    recipe.change(lambda key: [recipe_text(key), *sizes(key)], recipe, [recipe_info, crop, load, batch],
+                  api_visibility="private", queue=False)
     estimate_button.click(estimate, [zip_in, recipe, identity, steps, crop, load, batch], estimate_out,
                           api_visibility="private", concurrency_id="train", concurrency_limit=1)
     for button, fn, inputs in ((start, page_start, [zip_in, dataset, recipe, identity, steps, crop, load, batch]),

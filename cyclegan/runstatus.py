@@ -9,7 +9,6 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 from .files import write_atomic
 
@@ -117,14 +116,3 @@ class RunStatus:
             self.update(eta_s=0 if state == "finished" else None)
         self.write()
 
-
-def watch(run: Path, until: Callable[[dict], bool], timeout: float, every: float = 0.2) -> dict:
-    """Read status.json until `until(status)` holds (tests, scripts); the last status, or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = read_status(run) or {}
-        if until(status):
-            return status
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{Path(run).name}: status still {status.get('state')!r} after {timeout:.0f} s")
-        time.sleep(every)

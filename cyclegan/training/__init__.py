@@ -4,7 +4,8 @@
 - step.py: Trainer, the paper's step (networks, optimisers, image pools, weight average)
 - tally.py: the losses and skipped steps summed on the device between two reads
 - checkpoints.py: the training state as a checkpoint, and resuming from one
-- loop.py: Training, the loop around the step (data, schedule, logs, saves, samples), and `train`
+- loop.py: Training, the loop around the step (schedule, logs, saves, samples, status.json), and `train`
+- batches.py: the training data, its order each epoch, and its batches
 - signals.py: Ctrl-C and SIGTERM: finish the step, save, stop
 - validation.py: FID/KID on held-out images during training, and best/
 - graphs.py: --cuda-graphs, the step captured and replayed (imported only when asked for)
