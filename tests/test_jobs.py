@@ -75,6 +75,8 @@ def test_a_job_stops_with_a_checkpoint_and_resumes_to_its_target(jobs, tiny_zip)
     assert started["command"].startswith(f"python train.py --dataroot runs/{run}/data --output runs/{run} --ngf 8")
     s = running_at(jobs, 4)
     assert s["state"] == "running" and s["total_steps"] == 40 and s["steps_per_s"] > 0
+    with pytest.raises(ValueError, match=f"{run} is running: stop it first"):
+        jobs.delete(run)
     again = jobs.start("quick", True, 40, zip_path=str(tiny_zip), **TINY_JOB)  # one job at a time
     assert again["run"] == run and again["message"] == f"a job is already running: {run}; stop it first"
     assert jobs.stop()["message"] == "stop asked: saving"
@@ -92,6 +94,8 @@ def test_a_job_stops_with_a_checkpoint_and_resumes_to_its_target(jobs, tiny_zip)
     assert logged == list(range(2, 41, 2))  # no gap and no step twice across the stop
     time.sleep(0.5)  # the supervisor is reaped by a thread as it ends
     assert zombies() == [] and jobs.running() is None
+    jobs.delete(run)
+    assert not jobs.folder(run).exists() and jobs.runs() == []
 
 
 def test_a_killed_trainer_is_failed_with_its_log_and_resumes(jobs, tiny_zip):

@@ -248,9 +248,10 @@ class Jobs:
 
     def delete(self, name: str) -> None:
         folder = self.folder(name)
-        if not folder.is_dir():
-            raise ValueError(f"no run {name!r}")
-        if self.running() == name:
-            raise ValueError(f"{name} is running: stop it first")
-        shutil.rmtree(folder)
+        with self.exclusive():  # not while a start or resume decides
+            if not folder.is_dir():
+                raise ValueError(f"no run {name!r}")
+            if self.running() == name:
+                raise ValueError(f"{name} is running: stop it first")
+            shutil.rmtree(folder)
 
