@@ -323,6 +323,7 @@ DEFAULT = next((n for n, e in MODELS.items() if all(s in LOADED for s in e.value
 # object-fit then enlarged them past the box, which cut them off, and shifted x and G(x) apart.
 # The reconstruction and the heat map fill their boxes as the slider does (Gradio's images only shrink:
 # a 256 px F(G(x)) beside a 330 px G(x) looked like another picture).
+# The Train tab's number fields: inputs on one line, also where a label wraps (a phone's "steps (0: the recipe's)").
 CSS = """
 .compact-header h1 { margin: 0 0 4px 0 !important; font-size: 1.4em !important; }
 .compact-header p { margin: 0 !important; }
@@ -337,6 +338,7 @@ CSS = """
 #result-slider img { max-height: 100% !important; }
 #result-slider { scroll-margin-top: 8px; }
 #reconstruction img, #heat-map img { object-fit: contain !important; }
+#train-numbers .block > label { height: 100%; display: flex; flex-direction: column; justify-content: space-between; }
 """
 
 

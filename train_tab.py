@@ -334,7 +334,8 @@ def build(model: gr.Dropdown, model_choices: list[str]) -> None:
                 with gr.Row():
                     stop = gr.Button("Stop (saves)")
                     resume = gr.Button("Resume")
-                plot = gr.LinePlot(x="step", y="loss", color="term", label="losses", height=260)
+                # Its own height: at a set one (260 px) the legend below the curves was cut off.
+                plot = gr.LinePlot(x="step", y="loss", color="term", label="losses")
                 samples = gr.Image(label="latest samples: x, G(x), F(G(x))", type="pil", format="jpeg",
                                    interactive=False, height=300)
                 log = gr.Textbox(label="log", lines=6, max_lines=6, interactive=False)

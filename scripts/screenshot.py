@@ -266,7 +266,8 @@ def wait_for_training(driver: webdriver.Chrome, until, message: str, timeout: fl
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.25).until(check)
     except TimeoutException:
-        raise TimeoutException(f"{message} within {timeout:.0f} s; it shows: {train_progress(driver)['text']!r}") from None
+        shown = train_progress(driver)["text"]
+        raise TimeoutException(f"{message} within {timeout:.0f} s; it shows: {shown!r}") from None
 
 
 def start_training(driver: webdriver.Chrome, url: str, data: Path, steps: int, crop: int | None = None,
@@ -296,13 +297,8 @@ def choose(driver: webdriver.Chrome, label: str, option: str, timeout: float = 3
         By.CSS_SELECTOR, f'input[role=combobox][aria-label="{label}"]').get_attribute("value") == option)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", type=Path, help="a horse photo to upload (default: click the first example)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs)")
-    parser.add_argument("--colors", type=int, default=256, help="palette size; 0 keeps full colour")
-    args = parser.parse_args()
-    colors = args.colors or None
+def app_screens(out: Path, colors: int | None, image: Path | None) -> list[Path]:
+    """The first screen on a phone and on a laptop, and the page with a translation's results."""
     with serve_app() as url, chromium(*LAPTOP) as driver:
         paths = []
         for name, (width, height) in (("first-screen-phone", PHONE), ("first-screen-laptop", LAPTOP)):
@@ -311,15 +307,60 @@ def main() -> None:
             WebDriverWait(driver, 30).until(lambda d: all(d.execute_script("return arguments[0].complete && "
                                                                            "arguments[0].naturalWidth", img)
                                                           for img in d.find_elements(By.CSS_SELECTOR, "#examples img")))
-            paths.append(save_page(driver, args.out / f"{name}.png", height=height, max_colors=colors))
-        if args.image:
-            open_and_upload(driver, url, args.image, "horse → zebra")
+            paths.append(save_page(driver, out / f"{name}.png", height=height, max_colors=colors))
+        if image:
+            open_and_upload(driver, url, image, "horse → zebra")
             translate(driver)
         else:
             translate(driver, click=examples(driver)[0])
         # Down to the summary under the results; what follows adds nothing to a README.
-        paths.append(save_page(driver, args.out / "screenshot.png", height=bottom(driver, summary_element(driver)) + 12,
+        paths.append(save_page(driver, out / "screenshot.png", height=bottom(driver, summary_element(driver)) + 12,
                                max_colors=colors))
+    return paths
+
+
+SAMPLES_LABEL = "latest samples: x, G(x), F(G(x))"
+
+
+def train_screens(out: Path, colors: int | None, steps: int = 160) -> list[Path]:
+    """The Train tab on a laptop and on a phone, showing a finished run of `steps` on the examples (the
+    horses as trainA, the zebras as trainB): its progress, loss curves and latest samples."""
+    examples_dir = ROOT / "examples"
+    with tempfile.TemporaryDirectory(prefix="cyclegan-screens-") as work:
+        data = zip_folders(Path(work) / "examples.zip", {"trainA": sorted(examples_dir.glob("horse-*.jpg")),
+                                                         "trainB": sorted(examples_dir.glob("zebra-*.jpg"))})
+        with serve_app(CYCLEGAN_TRAINING="1", CYCLEGAN_RUNS=str(Path(work) / "runs")) as url, \
+                chromium(*LAPTOP) as driver:
+            start_training(driver, url, data, steps)
+            wait_for_training(driver, lambda p: p["state"] == "finished", "the run did not finish", timeout=600)
+            paths = []
+            for name, (width, height) in (("train-tab-laptop", LAPTOP), ("train-tab-phone", PHONE)):
+                emulate(driver, width, height)
+                open_page(driver, url)
+                open_tab(driver, "Train")
+                WebDriverWait(driver, 60).until(lambda d: image_src(d, SAMPLES_LABEL) and d.find_elements(
+                    By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg"), "no samples or losses shown")
+                wait_for_training(driver, lambda p: p["state"] == "finished", "the run is not shown")
+                runs = driver.find_element(By.XPATH, "//button[contains(normalize-space(), 'Runs: delete, publish')]")
+                # Down to the runs' accordion, the tab's last block.
+                paths.append(save_page(driver, out / f"{name}.png", height=bottom(driver, runs) + 12,
+                                       max_colors=colors))
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", type=Path, help="a horse photo to upload (default: click the first example)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs)")
+    parser.add_argument("--colors", type=int, default=256, help="palette size; 0 keeps full colour")
+    parser.add_argument("--only", choices=("app", "train"), help="only the Image tab's or only the Train tab's")
+    args = parser.parse_args()
+    colors = args.colors or None
+    paths = []
+    if args.only != "train":
+        paths += app_screens(args.out, colors, args.image)
+    if args.only != "app":
+        paths += train_screens(args.out, colors)
     for path in paths:
         print(f"{path} ({path.stat().st_size / 1024:.0f} KB)")
 
