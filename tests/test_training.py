@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench import in_fused_adam
+from benchmarks.sections.profiling import in_fused_adam
 from cyclegan import CycleGAN
 from cyclegan.training import CaptureBroken, StepGraph, StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from tests.conftest import TINY, TINY_FLAGS, free_port, measured_precision, run_python
