@@ -81,10 +81,10 @@ def bench_generators(device: torch.device, data: Path, repeats: dict[int, int]) 
             run = {p: (lambda p=p: run_any_size(G, x, max_side=None, precision=p)) for p in ("fp32", auto)}
             t, ref = timed(run, n, 1, device), run["fp32"]()
             rows.append(r := {"model": label, "size": size, "default_precision": precision,
-                              "auto_choice": None if choice is None else {"precision": choice.name, "fp32_ms": choice.fp32_ms,
+                              "auto_choice": None if choice is None else {"precision": choice.name,
+                                                                          "fp32_ms": choice.fp32_ms,
                                                                           "bf16_ms": choice.bf16_ms},
-                              "fp32_s": t["fp32"],
-                              "auto_s": t[auto], "speedup": t["fp32"]["median"] / t[auto]["median"],
+                              "fp32_s": t["fp32"], "auto_s": t[auto], "speedup": t["fp32"]["median"] / t[auto]["median"],
                               "auto_vs_fp32": compare_8bit(run[auto](), ref),
                               "bf16_vs_fp32": compare_8bit(bf16_output(G, x), ref)})
             row(label, size, ms(t["fp32"]), precision, ms(t[auto]), f"{r['speedup']:.2f}x",

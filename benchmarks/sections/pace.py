@@ -27,7 +27,8 @@ def pace(profile: list[dict]) -> dict:
                 "preview_batch1_steps_per_s": 1 / median_s("previews", loop)}
 
     measured = [label for label in FAST_PATHS if median_s("paper", label) and median_s("previews", label)]
-    fast = min(measured, key=lambda label: sum(median_s(m, label) / median_s(m, "Trainer") for m in ("paper", "previews")))
+    fast = min(measured, key=lambda label: sum(median_s(m, label) / median_s(m, "Trainer")
+                                               for m in ("paper", "previews")))
     return {**figures(fast), "fast_path": fast, "train_flags": train_flags(fast),
             "cuda_graphs": FAST_PATHS[fast].get("cuda_graphs", False),
             "plain": figures("plain loop (reference.PlainLoop)"),

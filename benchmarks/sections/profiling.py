@@ -65,9 +65,9 @@ def profile_counts(step, steps: int, device: torch.device) -> dict:
 def bench_profile(device: torch.device, steps: int, graphs: tuple[str, ...] = (), profiled: int = 5) -> list[dict]:
     """Where a training step's time goes: Trainer (the loop's per-step work: set_lr and train_step)
     beside benchmarks/reference.py's PlainLoop (independent networks, default Adam), `steps`
-    interleaved steps of each timed, then `profiled` of each profiled (their counts are per step). On the CPU the host-bound proxy (width
-    4, 32 px, one thread, fp32: almost no arithmetic, the step is dispatch); on CUDA the real sizes at
-    256 px, Trainer in its default precision in both layouts (FAST_PATHS) and, in the `graphs` layouts
+    interleaved steps of each timed, then `profiled` of each profiled (their counts are per step). On
+    the CPU the host-bound proxy (width 4, 32 px, one thread, fp32: almost no arithmetic, the step is
+    dispatch); on CUDA the real sizes at 256 px, Trainer in its default precision in both layouts (FAST_PATHS) and, in the `graphs` layouts
     (those whose graphs_against_eager passed), with --cuda-graphs, timed once its pools are full."""
     threads = torch.get_num_threads()
     cuda = device.type == "cuda"
