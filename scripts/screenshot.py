@@ -35,7 +35,7 @@ PHONE, LAPTOP = (412, 915), (1366, 768)
 
 
 class ServedApp(str):
-    """The URL of an app that serve_app started, and its process (benchmarks/bench.py pauses idle ones)."""
+    """The URL of an app that serve_app started, and its process (benchmarks/sections/app.py pauses idle ones)."""
 
     process: subprocess.Popen
 
