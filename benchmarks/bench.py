@@ -40,42 +40,8 @@ from cyclegan.files import write_atomic  # noqa: E402
 SECTIONS = ("generator", "accuracy", "app", "big", "training", "profile", "batches", "data")
 
 
-def check_targets(r: dict) -> dict[str, str]:
-    """The issues' targets: what this run measured, and whether that meets them."""
-    app = r.get("app") or {}
-    amx = r.get("machine", {}).get("amx", False)  # issue 27: never slower than fp32; 1.6x where AMX runs bf16
-    floor = 1.6 if amx else 0.97
-    checks = [(f"{x['model']} {x['size']} px, default precision >= {floor}x fp32 at PSNR >= 45 dB",
-               f"{x['default_precision']}: {x['speedup']:.2f}x, PSNR {psnr(x['auto_vs_fp32'])}",
-               x["speedup"] >= floor and x["auto_vs_fp32"]["psnr_db"] >= 45)
-              for x in r.get("generator", []) if x["size"] == 256]
-    if r.get("pace", {}).get("paper_batch1_s_per_step"):  # issue 26, on CUDA
-        p = r["pace"]
-        checks += [("paper's model, batch 1: <= 0.020 s a step", f"{p['paper_batch1_s_per_step']:.4f} s",
-                    p["paper_batch1_s_per_step"] <= 0.020),
-                   ("previews' model, batch 1: >= 100 steps/s", f"{p['preview_batch1_steps_per_s']:.1f}",
-                    p["preview_batch1_steps_per_s"] >= 100)]
-    checks += [(f"host overhead per step >= 1.3x below the plain loop ({x['setup']})",  # issue 26
-                f"{x['plain_over_this']:.2f}x", x["plain_over_this"] >= 1.3)
-               for x in r.get("profile", []) if x["loop"] == "Trainer" and "width 4" in x["setup"]]
-    # issue 27: what the app adds to the model (p50, one client) within 100 ms of the smallest Gradio
-    # image app measured beside it, and 4 clients served at least as many requests/s as one
-    checks += [(f"app {endpoint}: adds <= 100 ms more than the minimal Gradio app", f"{extra * 1000:.0f} ms",
-                extra <= 0.100) for endpoint, extra in app.get("adds_minus_minimal_app_s", {}).items()]
-    for endpoint, measured in (("/translate", app), ("/show", app.get("page") or {})):
-        if measured.get("four_clients"):
-            one, four = measured["one_client"]["throughput_per_s"], measured["four_clients"]["throughput_per_s"]
-            checks.append((f"app {endpoint}: 4 clients >= 1 client in requests/s", f"{four:.2f} vs {one:.2f}",
-                           four >= one))
-    checks += [(f"4096x3072 peak memory <= 3 GB ({x['model']})", f"{x['peak_rss_gb']:.2f} GB, output "
-                f"{x['output'][0]}x{x['output'][1]}", x["peak_rss_gb"] <= 3 and x["output"] == x["input"])
-               for x in r.get("big_photo", [])]
-    checks += [(f"training step >= 1.2x naive ({x['config']})", f"{x['speedup']:.2f}x", x["speedup"] >= 1.2)
-               for x in r.get("training", []) if x["loop"] == "train_step (default)"]
-    return {name: f"{text}: {'met' if ok else 'NOT met'}" for name, text, ok in checks}
-
-
 def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with `sections`: the set of sections to run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer sizes, photos and repeats (~3 min on 2 cores)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -142,6 +108,41 @@ def run_sections(args: argparse.Namespace, r: dict, save) -> None:
     if "data" in sections:
         r["data_loading"] = bench_data_loading(data, [0, 2], 20 if quick else 100)
         save()
+
+
+def check_targets(r: dict) -> dict[str, str]:
+    """The issues' targets: what this run measured, and whether that meets them."""
+    app = r.get("app") or {}
+    amx = r.get("machine", {}).get("amx", False)  # issue 27: never slower than fp32; 1.6x where AMX runs bf16
+    floor = 1.6 if amx else 0.97
+    checks = [(f"{x['model']} {x['size']} px, default precision >= {floor}x fp32 at PSNR >= 45 dB",
+               f"{x['default_precision']}: {x['speedup']:.2f}x, PSNR {psnr(x['auto_vs_fp32'])}",
+               x["speedup"] >= floor and x["auto_vs_fp32"]["psnr_db"] >= 45)
+              for x in r.get("generator", []) if x["size"] == 256]
+    if r.get("pace", {}).get("paper_batch1_s_per_step"):  # issue 26, on CUDA
+        p = r["pace"]
+        checks += [("paper's model, batch 1: <= 0.020 s a step", f"{p['paper_batch1_s_per_step']:.4f} s",
+                    p["paper_batch1_s_per_step"] <= 0.020),
+                   ("previews' model, batch 1: >= 100 steps/s", f"{p['preview_batch1_steps_per_s']:.1f}",
+                    p["preview_batch1_steps_per_s"] >= 100)]
+    checks += [(f"host overhead per step >= 1.3x below the plain loop ({x['setup']})",  # issue 26
+                f"{x['plain_over_this']:.2f}x", x["plain_over_this"] >= 1.3)
+               for x in r.get("profile", []) if x["loop"] == "Trainer" and "width 4" in x["setup"]]
+    # issue 27: what the app adds to the model (p50, one client) within 100 ms of the smallest Gradio
+    # image app measured beside it, and 4 clients served at least as many requests/s as one
+    checks += [(f"app {endpoint}: adds <= 100 ms more than the minimal Gradio app", f"{extra * 1000:.0f} ms",
+                extra <= 0.100) for endpoint, extra in app.get("adds_minus_minimal_app_s", {}).items()]
+    for endpoint, measured in (("/translate", app), ("/show", app.get("page") or {})):
+        if measured.get("four_clients"):
+            one, four = measured["one_client"]["throughput_per_s"], measured["four_clients"]["throughput_per_s"]
+            checks.append((f"app {endpoint}: 4 clients >= 1 client in requests/s", f"{four:.2f} vs {one:.2f}",
+                           four >= one))
+    checks += [(f"4096x3072 peak memory <= 3 GB ({x['model']})", f"{x['peak_rss_gb']:.2f} GB, output "
+                f"{x['output'][0]}x{x['output'][1]}", x["peak_rss_gb"] <= 3 and x["output"] == x["input"])
+               for x in r.get("big_photo", [])]
+    checks += [(f"training step >= 1.2x naive ({x['config']})", f"{x['speedup']:.2f}x", x["speedup"] >= 1.2)
+               for x in r.get("training", []) if x["loop"] == "train_step (default)"]
+    return {name: f"{text}: {'met' if ok else 'NOT met'}" for name, text, ok in checks}
 
 
 def main(argv: list[str] | None = None) -> int:
