@@ -42,7 +42,7 @@ ZIP_LABEL = "zip with trainA/ and trainB/"  # the Train tab's upload
 
 
 class ServedApp(str):
-    """The URL of an app that serve_app started, and its process (benchmarks/bench.py pauses idle ones)."""
+    """The URL of an app that serve_app started, and its process (benchmarks/sections/app.py pauses idle ones)."""
 
     process: subprocess.Popen
 

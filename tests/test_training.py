@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench import in_fused_adam
+from benchmarks.sections.profiling import in_fused_adam
 from cyclegan import CycleGAN
 from cyclegan.training import Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from cyclegan.training.graphs import CaptureBroken, StepGraph, undone
