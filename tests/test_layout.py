@@ -29,6 +29,10 @@ def test_the_package_has_no_long_file_class_or_function():
     assert not too_long, f"over the limits {LIMITS}:\n" + "\n".join(too_long)
 
 
+def test_the_benchmark_entry_point_is_short():
+    assert len((ROOT / "benchmarks" / "bench.py").read_text().splitlines()) <= 500
+
+
 @pytest.mark.parametrize("call, home", [("os.replace(", "cyclegan/files.py")])
 def test_one_home_for_each_mechanism(call, home):
     sources = [*PACKAGE, ROOT / "app.py", ROOT / "train.py", *(ROOT / "scripts").glob("*.py"),
