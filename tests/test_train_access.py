@@ -97,3 +97,32 @@ def test_with_login_an_api_call_without_an_owners_login_is_refused(whoami, tmp_p
             with pytest.raises(AppError, match="Training here needs a Hugging Face login as alice"):
                 client.predict(*args, api_name=endpoint)
     assert not runs.exists() or [p.name for p in runs.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_push_uses_the_users_token_never_the_operators(monkeypatch, tmp_path):
+    """Locally: the push finds HF_TOKEN or `hf auth login`'s itself (token None); where login is required:
+    the visitor's OAuth token, and without one no push."""
+    import cyclegan.hub
+    from cyclegan import CycleGAN
+    from tests.conftest import TINY
+
+    pushed = []
+    monkeypatch.setattr(cyclegan.hub, "push", lambda folder, repo, token=None: pushed.append((repo, token)) or "url")
+    monkeypatch.setenv("CYCLEGAN_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("CYCLEGAN_TRAINING_LOGIN", raising=False)
+    train_tab.jobs.cache_clear()
+    CycleGAN(TINY).save_pretrained(tmp_path / "runs" / "mine" / "model")
+    try:
+        assert train_tab.push_run("mine", " me/h2z ", None, None).startswith("Pushed mine to [me/h2z](url)")
+        monkeypatch.setenv("CYCLEGAN_TRAINING_LOGIN", "1")
+        monkeypatch.setenv("CYCLEGAN_TRAINING_OWNERS", "alice")
+        with pytest.raises(gr.Error, match="Pushing needs your Hugging Face login with write access"):
+            train_tab.push_run("mine", "alice/h2z", profile("alice"), None)
+        train_tab.push_run("mine", "alice/h2z", profile("alice"), gr.OAuthToken(token="hf_visitor", scope="write-repos",
+                                                                                 expires_at=0))
+        with pytest.raises(gr.Error, match="may not train here"):
+            train_tab.push_run("mine", "bob/h2z", profile("bob"), gr.OAuthToken("hf_bob", "write-repos", 0))
+    finally:
+        train_tab.jobs.cache_clear()
+    assert pushed == [("me/h2z", None), ("alice/h2z", "hf_visitor")]
