@@ -20,7 +20,6 @@ from cyclegan.datasets import DATASETS, DATASETS_URL
 from cyclegan.files import one_line
 from cyclegan.jobs import RECIPES, DataError, Jobs, Limits
 from cyclegan.jobs import recipes
-from cyclegan.runlog import LOSS_NAMES
 from cyclegan.runstatus import ACTIVE
 
 RUN_PREFIX = "run: "  # how /translate names a run's model
@@ -178,6 +177,10 @@ def progress_html(s: dict) -> str:
             f"<div>{' · '.join(parts)}</div>{message}</div>")
 
 
+CURVES = {"G adversarial": ("G_AB", "G_BA"), "cycle": ("cycle_A", "cycle_B"), "identity": ("idt_A", "idt_B"),
+          "D": ("D_A", "D_B")}  # both directions summed: four curves, a legend a phone shows whole
+
+
 def loss_curves(run: str | None):
     """losses.csv as rows (step, loss, term) for the plot; None before its first row."""
     import pandas as pd
@@ -188,7 +191,8 @@ def loss_curves(run: str | None):
     try:
         with open(jobs().folder(run) / "losses.csv", newline="") as f:
             for r in csv.DictReader(f):
-                rows += [(int(r["step"]), float(r[k]), k) for k in LOSS_NAMES if r.get(k)]
+                rows += [(int(r["step"]), sum(float(r[k]) for k in keys), name) for name, keys in CURVES.items()
+                         if all(r.get(k) for k in keys)]
     except (OSError, ValueError, KeyError):
         return None
     return pd.DataFrame(rows, columns=["step", "loss", "term"]) if rows else None
@@ -213,7 +217,7 @@ def view(model_choices: list[str]):
     s = train_status()
     run = s.get("run")
     runs = jobs().runs()
-    return (progress_html(s), loss_curves(run), latest_samples(run), "\n".join(s.get("log") or []),
+    return (progress_html(s), loss_curves(run), latest_samples(run), "\n".join((s.get("log") or [])[-8:]),
             s.get("command") or "", s.get("data") or "", gr.Dropdown(choices=runs, value=run if run in runs else None),
             gr.Dropdown(choices=model_choices + run_models()), gr.Timer(active=s.get("state") in ACTIVE))
 
@@ -338,7 +342,7 @@ def build(model: gr.Dropdown, model_choices: list[str]) -> None:
                 plot = gr.LinePlot(x="step", y="loss", color="term", label="losses")
                 samples = gr.Image(label="latest samples: x, G(x), F(G(x))", type="pil", format="jpeg",
                                    interactive=False, height=300)
-                log = gr.Textbox(label="log", lines=6, max_lines=6, interactive=False)
+                log = gr.Textbox(label="log (the last lines)", lines=8, max_lines=8, interactive=False, autoscroll=True)
                 data = gr.Textbox(label="data", interactive=False)
                 command = gr.Textbox(label="the same in a terminal", interactive=False)
                 with gr.Accordion("Runs: delete, publish", open=False):
