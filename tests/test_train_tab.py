@@ -85,6 +85,15 @@ def test_a_run_survives_a_reload_stops_resumes_finishes_and_its_model_translates
     translate(browser)
     assert f"run: {run}" in summary(browser), summary(browser)
 
+    # ...and from gradio_client, by the name the status gives (not only from the page that trained it)
+    from gradio_client import Client, handle_file
+    client = Client(training_server, verbose=False)
+    status = client.predict(api_name="/train_status")
+    assert (status["state"], status["model"], status["step"]) == ("finished", f"run: {run}", target)
+    *_, line = client.predict(handle_file(str(ROOT / "examples" / "horse-1.jpg")), "A2B", True, status["model"],
+                              api_name="/translate")
+    assert f"run: {run}" in line
+
 
 def test_without_CYCLEGAN_TRAINING_there_is_no_train_tab_nor_its_endpoints(server, training_server, browser):
     assert ENDPOINTS <= api_names(training_server)
