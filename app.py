@@ -133,7 +133,8 @@ def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
 def check_upload(path, name: str) -> None:
     """The images' and videos' own size limit, where Gradio's is raised for the Train tab's zips."""
     if MAX_UPLOAD > MAX_FILE_SIZE and isinstance(path, str) and os.path.getsize(path) > MAX_FILE_SIZE:
-        raise gr.Error(f"{name} is {os.path.getsize(path) / 1e6:.0f} MB, above the limit of {MAX_FILE_SIZE / 1e6:.0f} MB")
+        raise gr.Error(f"{name} is {os.path.getsize(path) / 2 ** 20:.0f} MB, above the limit of "
+                       f"{MAX_FILE_SIZE / 2 ** 20:.0f} MB")
 
 
 def heat_map(x: Image.Image, rec: Image.Image) -> Image.Image:

@@ -27,9 +27,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_size(text: str) -> int:
-    """"25mb", "2gb", "500kb" or a number of bytes."""
+    """"25mb", "2gb", "500kb" or a number of bytes; units of 1024, as Gradio reads its max_file_size."""
     text = text.strip().lower()
-    for unit, factor in (("kb", 1e3), ("mb", 1e6), ("gb", 1e9), ("b", 1)):
+    for unit, factor in (("kb", 2 ** 10), ("mb", 2 ** 20), ("gb", 2 ** 30), ("b", 1)):
         if text.endswith(unit):
             return int(float(text[: -len(unit)]) * factor)
     return int(text)

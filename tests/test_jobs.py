@@ -137,6 +137,21 @@ def test_a_stop_before_the_first_step_leaves_no_checkpoint_and_starts_again(jobs
     assert (s["state"], s["step"]) == ("finished", 6)
 
 
+def test_a_second_stop_or_no_answer_kills_and_says_so(tmp_path, tiny_zip):
+    """A trainer that does not answer (frozen here with SIGSTOP): a second Stop kills it, and so does the
+    supervisor's timeout after one Stop; the state says it was killed and which save stands."""
+    jobs = Jobs(tmp_path / "runs", threads=1, stop_timeout=1)
+    for stops, why in ((2, "a second Stop"), (1, "no answer to Stop in 1 s")):
+        jobs.start("quick", True, 2000, zip_path=str(tiny_zip), save_every=2, **TINY_JOB)
+        s = running_at(jobs, 3)
+        os.kill(s["pid"], signal.SIGSTOP)
+        for _ in range(stops):
+            jobs.stop()
+        s = ended(jobs)
+        assert s["state"] == "stopped" and s["exit_code"] == -signal.SIGKILL
+        assert s["message"] == f"killed after {why}; the last save (step {s['checkpoint_step']}) stands"
+
+
 def test_the_job_outlives_the_process_that_started_it(jobs, tiny_zip):
     """The app that started a job killed (kill -9) mid-run: the job goes on, and the next app process
     reads it running, then finished."""

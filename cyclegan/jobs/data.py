@@ -87,8 +87,8 @@ def unpack_zip(archive: Path, target: Path, limits: Limits) -> DataReport:
     no `target`."""
     archive = Path(archive)
     if archive.stat().st_size > limits.zip_bytes:
-        raise DataError(f"{archive.name}: {archive.stat().st_size / 1e6:.0f} MB, above the upload limit of "
-                        f"{limits.zip_bytes / 1e6:.0f} MB (CYCLEGAN_MAX_ZIP_SIZE)")
+        raise DataError(f"{archive.name}: {archive.stat().st_size / 2 ** 20:.0f} MB, above the upload limit of "
+                        f"{limits.zip_bytes / 2 ** 20:.0f} MB (CYCLEGAN_MAX_ZIP_SIZE)")
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError):
@@ -103,8 +103,8 @@ def unpack_zip(archive: Path, target: Path, limits: Limits) -> DataReport:
                 raise DataError(f"{archive.name}: {len(files):,} files, more than the limit of {limits.files:,}")
             unpacked = sum(i.file_size for i, _ in files)
             if unpacked > limits.unpacked_bytes:
-                raise DataError(f"{archive.name}: {unpacked / 1e6:,.0f} MB unpacked, more than the limit of "
-                                f"{limits.unpacked_bytes / 1e6:,.0f} MB")
+                raise DataError(f"{archive.name}: {unpacked / 2 ** 20:,.0f} MB unpacked, more than the limit of "
+                                f"{limits.unpacked_bytes / 2 ** 20:,.0f} MB")
             root = zip_layout([p for _, p in files if "__MACOSX" not in p.parts], archive.name)
             for info, path in files:
                 inside = path.relative_to(root).parts if path.is_relative_to(root) else ()
