@@ -85,6 +85,7 @@ def compile_shape(fast: FastPath, shape: tuple) -> float:
     """Compile `fast` for `shape` (a first call: a plain pass where the compiled code already covers
     it) and return the seconds it took. A failure turns this generator's fast path off, with one warning."""
     start = time.perf_counter()
+    fast.seen.add(shape)
     with fast.lock, fx_config.patch(use_duck_shape=False):  # H == W must not become a guard
         if fast.off is None:
             try:
