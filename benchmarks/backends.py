@@ -44,10 +44,10 @@ from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.export_onnx import export  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
 from cyclegan.backends import FastPath  # noqa: E402
-from cyclegan.inference import cpu_has_native_bf16, run_any_size  # noqa: E402
+from cyclegan.inference import cpu_has_native_bf16, in_precision, run_any_size  # noqa: E402
 
 BACKENDS = ("eager fp32", "eager bf16", "torch.compile fp32", "torch.compile bf16", "onnxruntime",
-            "onnxruntime int8")
+            "onnxruntime int8", "torch.compile bf16 static")  # the last: static shapes, a compile per size
 FIELDS = ("model", "size", "backend", "min_ms", "median_ms", "n", "speedup", "psnr_db", "max_levels",
           "within_1_level")
 UNDER_LOAD = 0.05  # other processes' share of the cores above which a run is marked as taken under load
@@ -175,9 +175,11 @@ def runners(model: CycleGAN, backends: list[str], data: Path, folder: Path, size
     G = model.G_AB.eval()
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for name in backends:
-        precision = "bf16" if name.endswith("bf16") else "fp32"
+        precision = "bf16" if "bf16" in name else "fp32"
         if name.startswith("eager"):
             out[name] = lambda x, p=precision: run_any_size(G, x, max_side=None, precision=p)
+        elif name.endswith("static"):
+            out[name] = torch.inference_mode()(torch.compile(in_precision(G, "cpu", torch.bfloat16), dynamic=False))
         elif name.startswith("torch.compile"):
             fast = FastPath(G, torch.bfloat16 if precision == "bf16" else None, blocking=True)
             out[name] = torch.inference_mode()(fast)
@@ -210,11 +212,11 @@ def bench_backends(models: dict[str, CycleGAN], sizes: dict[int, int], data: Pat
                                        "int8 convolutions are emulated with 16-bit arithmetic there"
                                        if not vnni else "turned off (--int8 no)")
     if not cpu_has_native_bf16():
-        skipped.update({b: "this CPU has no bf16 in hardware" for b in backends if b.endswith("bf16")})
+        skipped.update({b: "this CPU has no bf16 in hardware" for b in backends if "bf16" in b})
     for name, why in skipped.items():
         print(f"{name}: skipped, {why}")
     run = [b for b in backends if b not in skipped]
-    peaks = {"fp32": [matmul_peak()], "bf16": [matmul_peak(torch.bfloat16)] if any(b.endswith("bf16") for b in run) else []}
+    peaks = {"fp32": [matmul_peak()], "bf16": [matmul_peak(torch.bfloat16)] if any("bf16" in b for b in run) else []}
     print(f"Matrix-multiply peak (4096², {threads} threads): "
           + ", ".join(f"{k} {v[0]:.0f} GFLOP/s" for k, v in peaks.items() if v))
     row = table(f"The generator, one image, {threads} threads (ms min / median; GFLOP/s of the median and its share "
@@ -238,7 +240,7 @@ def bench_backends(models: dict[str, CycleGAN], sizes: dict[int, int], data: Pat
             ref = variants["eager fp32"]()
             for name, fn in variants.items():
                 c = compare_8bit(fn(), ref)
-                s, arithmetic = t[name], "bf16" if name.endswith("bf16") else "fp32"
+                s, arithmetic = t[name], "bf16" if "bf16" in name else "fp32"
                 gflops = flops / s["median"]
                 rows.append(r := {"model": label, "size": size, "backend": name, "min_ms": s["min"] * 1000,
                                   "median_ms": s["median"] * 1000, "p95_ms": s["p95"] * 1000, "n": s["n"],
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                              "model's brief training; without it a synthetic image (default: %(default)s)")
     parser.add_argument("--int8", choices=("auto", "yes", "no"), default="auto",
                         help="auto: only where the CPU has VNNI (default)")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
+    parser.add_argument("--backends", default=",".join(BACKENDS[:-1]),
                         help="comma-separated, of: %(default)s (eager fp32 is the reference, always run)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "backends.json")
     args = parser.parse_args(argv)
