@@ -148,8 +148,9 @@ def gflop(net: torch.nn.Module, size: int) -> float:
 
 class CpuShare:
     """The share of this machine's cores that other processes used between start and `others()`:
-    /proc/stat's busy time less this process's and its children's. A comparison is only meaningful
-    where it is near 0 (the load average also counts this benchmark's own threads)."""
+    /proc/stat's busy time less that of this process and its children (the compiler's workers and
+    the apps a benchmark serves included). A comparison is only meaningful where it is near 0 (the
+    load average also counts this benchmark's own threads)."""
 
     def __init__(self) -> None:
         self.start = self._now()
@@ -159,9 +160,26 @@ class CpuShare:
         ticks = os.sysconf("SC_CLK_TCK")
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
         busy = (sum(fields) - fields[3] - fields[4]) / ticks  # all but idle and iowait
-        own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        return time.monotonic(), busy, own
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.monotonic(), busy, reaped.ru_utime + reaped.ru_stime + CpuShare._family_seconds(ticks)
+
+    @staticmethod
+    def _family_seconds(ticks: int) -> float:
+        """CPU seconds of this process and its living descendants (/proc/PID/stat: utime, stime)."""
+        parents, used = {}, {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            pid = int(stat.parent.name)
+            parents[pid], used[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+        family, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            family.add(pid)
+            todo += [child for child, parent in parents.items() if parent == pid and child not in family]
+        return sum(used.get(pid, 0.0) for pid in family)
 
     def others(self) -> float:
         (t0, busy0, own0), (t1, busy1, own1) = self.start, self._now()
