@@ -22,9 +22,10 @@ from .inference import PRECISIONS
 from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-# "auto" compiles only for jobs that repay it: a compile takes 10-60 s on 2 cores (a few with a warm cache),
-# and saves 20-50 ms a 256 px image there (docs/performance.md); a video's frames repay it within seconds.
-PAYS_FROM = 500  # images
+# "auto" compiles only for jobs that repay it: on 2 idle Zen 4 cores a compile took 15-32 s (a few with a
+# warm cache) and saves 18 ms (preview) to 78 ms (paper size) a 256 px image, four times that at 512 px
+# (docs/performance.md); a video's frames are larger and many.
+PAYS_FROM = 1000  # images
 AUTHORS = "authors:"  # authors:horse2zebra = the generators the CycleGAN authors published, converted
 
 
