@@ -85,19 +85,28 @@ def connect(url: str):
     return Client(url, verbose=False, ssl_verify=False)  # a CA bundle per connection costs the client ~75 ms
 
 
-def bench_requests(env: dict, images: list[Path], folder: Path, rounds: int) -> dict:
-    """The default app, the eager app and the model-less app, requests alternated after the fast path is
-    ready; each server runs alone while it answers (an idle Gradio server wakes every millisecond)."""
+# OpenMP's own default between operations (spin ~3 ms, then sleep) instead of the app's PASSIVE (sleep at
+# once): libgomp's GOMP_SPINCOUNT overrides the wait policy's spin count.
+SPIN = {"GOMP_SPINCOUNT": "300000"}
+
+
+def bench_requests(env: dict, images: list[Path], folder: Path, rounds: int, spin: bool = False) -> dict:
+    """The default app, the eager app and the model-less app (with `spin`, the first two again with
+    OpenMP spinning), requests alternated after the fast path is ready; each server runs alone while it
+    answers (an idle Gradio server wakes every millisecond)."""
+    variants = {"default": env, "CYCLEGAN_BACKEND=eager": {"CYCLEGAN_BACKEND": "eager", **env}}
+    if spin:
+        variants.update({f"{name}, OpenMP spinning": {**v, **SPIN} for name, v in variants.items()})
     with contextlib.ExitStack() as stack:
-        servers = {"default": stack.enter_context(app("default", folder, **env)),
-                   "CYCLEGAN_BACKEND=eager": stack.enter_context(app("eager", folder, CYCLEGAN_BACKEND="eager", **env)),
-                   "model-less Gradio app": stack.enter_context(app("modelless", folder, "benchmarks/modelless_app.py"))}
-        ready = wait_for(servers["default"][1], READY)
+        servers = {name: stack.enter_context(app(f"app{i}", folder, **v)) for i, (name, v) in enumerate(variants.items())}
+        servers["model-less Gradio app"] = stack.enter_context(app("modelless", folder, "benchmarks/modelless_app.py"))
+        ready = "; ".join(wait_for(log, READY) for name, (_, log, _) in servers.items() if "eager" not in name
+                          and "model-less" not in name)
         print(f"default app: {ready}")
         clients = {name: connect(url) for name, (url, _, _) in servers.items()}
         times: dict[str, list[tuple[float, float | None]]] = {name: [] for name in servers}
         for i in range(rounds + 1):  # the first round warms up
-            order = list(servers)[i % 3:] + list(servers)[:i % 3]
+            order = list(servers)[i % len(servers):] + list(servers)[:i % len(servers)]
             for name in order:
                 others = [s[0].process for n, s in servers.items() if n != name]
                 for p in others:
@@ -188,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="the paper-size model (ngf 64, 9 blocks) instead of the preview")
     parser.add_argument("--only", default="requests,first,restarts,video", help="comma-separated parts (default: all)")
     parser.add_argument("--rounds", type=int, default=12, help="request rounds (default: %(default)s)")
+    parser.add_argument("--spin", action="store_true", help="also both apps with OpenMP's default spinning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serving.json")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
@@ -208,16 +218,18 @@ def main(argv: list[str] | None = None) -> int:
             env["CYCLEGAN_MODELS"] = str(folder / "paper")
         images = inputs(args.data, folder)
         if "requests" in parts:
-            r["requests"] = q = bench_requests(env, images, folder, args.rounds)
+            r["requests"] = q = bench_requests(env, images, folder, args.rounds, args.spin)
             row = table(f"/translate, 256 px, {label}, {args.rounds} requests each, alternated (ms p50 / min; the "
                         "model's time the summary reports; the rest is the app's own):",
                         ["app", "latency p50 / min", "model p50", "app's own p50"])
-            for name in ("default", "CYCLEGAN_BACKEND=eager", "model-less Gradio app"):
-                s = q[name]
+            for name, s in [(n, s) for n, s in q.items() if n != "ready"]:
                 row(name, f"{s['latency_s']['median'] * 1000:.0f} / {s['latency_s']['min'] * 1000:.0f}",
                     f"{s['model_s']['median'] * 1000:.0f}" if s["model_s"] else "–", f"{s['own_s']['median'] * 1000:.0f}")
             q["speedup_p50"] = q["CYCLEGAN_BACKEND=eager"]["latency_s"]["median"] / q["default"]["latency_s"]["median"]
             print(f"default against eager: {q['speedup_p50']:.2f}x at p50")
+            if args.spin:
+                spin = q["CYCLEGAN_BACKEND=eager, OpenMP spinning"]["latency_s"]["median"] / q["default, OpenMP spinning"]["latency_s"]["median"]
+                print(f"both spinning, default against eager: {spin:.2f}x at p50")
         if "first" in parts:
             r["first_request"] = f = bench_first_requests(env, images[0], folder, 2)
             print("first request (s, median of fresh starts): "
