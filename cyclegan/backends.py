@@ -37,6 +37,12 @@ def backend_setting(value: str | None = None) -> str:
     return value
 
 
+# One thread at a time in dynamo's code: a replay in one thread while another compiles (any generator)
+# waited for that compile, minutes in all, and once never returned. A request that finds it taken runs
+# eager rather than wait (with CYCLEGAN_CONCURRENCY > 1, all but one of the requests at a time do).
+DYNAMO = threading.Lock()
+
+
 class FastPath:
     """One generator's compiled twin in one precision (dtype None: float32), which `run_any_size` calls
     instead of the generator. Compiles happen only in `compile_shape`: a call replays the compiled code
@@ -51,9 +57,6 @@ class FastPath:
         self.replay = torch._dynamo.run(self.eager)  # dynamo's cached code only: never compiles
         self.seen: set[tuple] = set()
         self.off: str | None = None  # why this generator stays eager
-        # One thread at a time in dynamo's code for this generator (a compile beside a replay is not
-        # thread-safe); a request that finds it busy runs eager rather than wait.
-        self.lock = threading.Lock()
 
     def runner(self, dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
         if dtype == self.dtype:
@@ -70,14 +73,14 @@ class FastPath:
                 compile_shape(self, shape)
             else:
                 background(lambda: compile_shape(self, shape))
-        if self.lock.acquire(blocking=self.blocking):
+        if DYNAMO.acquire(blocking=self.blocking):
             try:
                 # The compiled code's guards accept what compile_shape gave it: a contiguous tensor made in
                 # inference mode. An image from to_tensor is a channels-last view made outside it, which
                 # would run eager: copied instead (0.1 ms at 256 px).
                 return self.replay(x.clone(memory_format=torch.contiguous_format))
             finally:
-                self.lock.release()
+                DYNAMO.release()
         return self.eager(x)
 
 
@@ -91,7 +94,7 @@ def compile_shape(fast: FastPath, shape: tuple) -> float:
     it) and return the seconds it took. A failure turns this generator's fast path off, with one warning."""
     start = time.perf_counter()
     fast.seen.add(shape)
-    with fast.lock, fx_config.patch(use_duck_shape=False):  # H == W must not become a guard
+    with DYNAMO, fx_config.patch(use_duck_shape=False):  # H == W must not become a guard
         if fast.off is None:
             try:
                 fast.compiled(sample(shape))
@@ -109,7 +112,7 @@ def time_call(fast: FastPath, shape: tuple, rounds: int = 3) -> tuple[float, flo
     for _ in range(rounds):
         for i, run in enumerate((fast.eager, fast.replay)):
             start = time.perf_counter()
-            with fast.lock:
+            with DYNAMO:
                 run(x)
             best[i] = min(best[i], time.perf_counter() - start)
     return best[0], best[1]
