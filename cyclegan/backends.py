@@ -153,7 +153,7 @@ def eager_call():
 
 def _pause_for_calls(frame, event, arg) -> None:
     """The compiling thread's profile function: at every call it makes, wait while eager calls run."""
-    if not _quiet.is_set():
+    if _calls[0]:  # an index, not a call: this runs at every call the compiler makes
         _quiet.wait()
 
 
