@@ -36,6 +36,7 @@ from cyclegan.data import ImageError, load_rgb
 from cyclegan.files import DownloadError, one_line, write_atomic
 from cyclegan.inference import cpu_precision
 from cyclegan.translate import AUTHORS, VideoError, load_model as load_any, translate_video as video_to_video, video_size
+import train_tab
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED_NAME = "horse2zebra preview (bundled)"
@@ -52,6 +53,15 @@ CONCURRENCY = int(os.environ.get("CYCLEGAN_CONCURRENCY", 1))
 # Gradio's worker threads takes the request: each thread that calls torch gets its own OpenMP team.
 MODEL_THREADS = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="model")
 ALLOW_ANY = os.environ.get("CYCLEGAN_ALLOW_ANY_MODEL") == "1"  # free text: Hub ids and server folders (local use)
+TRAINING = train_tab.enabled()  # the Train tab (CYCLEGAN_TRAINING=1), whose runs' models join the list
+# Gradio's limit is one for all uploads: raised to the Train tab's zip limit there, the images and videos
+# keep theirs (checked in `check_upload`).
+MAX_FILE_SIZE = train_tab.parse_size(os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"))
+MAX_UPLOAD = max(MAX_FILE_SIZE, train_tab.parse_size(os.environ.get("CYCLEGAN_MAX_ZIP_SIZE", "2gb"))) if TRAINING \
+    else MAX_FILE_SIZE
+SERVER_NAME = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+if __name__ == "__main__" and (refusal := train_tab.refuse_exposure(SERVER_NAME)):
+    sys.exit(f"app.py: {refusal}")  # said before any model loads
 # Cached examples and translated videos live for the life of the process: a cache left by an older
 # version of the app or of the weights is never served.
 WORK = tempfile.TemporaryDirectory(prefix="cyclegan-app-")
@@ -103,6 +113,8 @@ def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
     """The model a request names, and how to name it. Only configured names are served (unless
     CYCLEGAN_ALLOW_ANY_MODEL=1), and no message says anything about the server's files."""
     choice = choice or DEFAULT
+    if TRAINING and choice.startswith(train_tab.RUN_PREFIX):  # a model trained in the Train tab
+        return train_tab.run_model(choice)
     entry = MODELS.get(choice)
     if entry is None and not ALLOW_ANY:
         raise gr.Error(f"Unknown model {choice!r}: choose one of {', '.join(map(repr, MODELS))}")
@@ -116,6 +128,12 @@ def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
         print(f"cannot load {source}: {one_line(e)}", file=sys.stderr)
         detail = f": {one_line(e, 300)}" if ALLOW_ANY else "; the other models still work"
         raise gr.Error(f"Model {choice!r} cannot be loaded{detail}") from None
+
+
+def check_upload(path, name: str) -> None:
+    """The images' and videos' own size limit, where Gradio's is raised for the Train tab's zips."""
+    if MAX_UPLOAD > MAX_FILE_SIZE and isinstance(path, str) and os.path.getsize(path) > MAX_FILE_SIZE:
+        raise gr.Error(f"{name} is {os.path.getsize(path) / 1e6:.0f} MB, above the limit of {MAX_FILE_SIZE / 1e6:.0f} MB")
 
 
 def heat_map(x: Image.Image, rec: Image.Image) -> Image.Image:
@@ -162,6 +180,7 @@ def run_cycle(image: str | None, direction: str, identity: bool, model: str | No
     if direction not in ("A2B", "B2A"):
         raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
     name = Path(image).name if isinstance(image, str) else "image"
+    check_upload(image, name)
     try:
         x = load_rgb(image, max_pixels=MAX_PIXELS)
     except ImageError as e:
@@ -275,6 +294,7 @@ def translate_video(video: str | None, direction: str = "A2B", identity: bool = 
         raise gr.Error("Upload a video first.")
     if direction not in ("A2B", "B2A"):
         raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
+    check_upload(video, Path(video).name)
     net, _ = get_model(model, identity)
     out = Path(tempfile.mkdtemp(dir=WORK.name)) / f"{Path(video).stem}-{direction}.mp4"
     try:
@@ -330,6 +350,7 @@ DEFAULT = next((n for n, e in MODELS.items() if all(s in LOADED for s in e.value
 # object-fit then enlarged them past the box, which cut them off, and shifted x and G(x) apart.
 # The reconstruction and the heat map fill their boxes as the slider does (Gradio's images only shrink:
 # a 256 px F(G(x)) beside a 330 px G(x) looked like another picture).
+# The Train tab's number fields: inputs on one line, also where a label wraps (a phone's "steps (0: the recipe's)").
 CSS = """
 .compact-header h1 { margin: 0 0 4px 0 !important; font-size: 1.4em !important; }
 .compact-header p { margin: 0 !important; }
@@ -344,6 +365,7 @@ CSS = """
 #result-slider img { max-height: 100% !important; }
 #result-slider { scroll-margin-top: 8px; }
 #reconstruction img, #heat-map img { object-fit: contain !important; }
+#train-numbers .block > label { height: 100%; display: flex; flex-direction: column; justify-content: space-between; }
 """
 
 
@@ -371,8 +393,9 @@ def build_demo() -> gr.Blocks:
             direction = gr.Radio([(f"{a} → {b}", "A2B"), (f"{b} → {a}", "B2A")], value="A2B", label="Direction",
                                  min_width=160)
             identity = gr.Checkbox(value=True, label="trained with identity loss", min_width=150)
-            model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY, min_width=150,
-                                filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY)
+            # With the Train tab, its runs' models join the list as they save (and /translate takes their names).
+            model = gr.Dropdown(list(MODELS), value=DEFAULT, label="Model", allow_custom_value=ALLOW_ANY or TRAINING,
+                                min_width=150, filterable=ALLOW_ANY, visible=len(MODELS) > 1 or ALLOW_ANY or TRAINING)
         # The page's results, rendered beside the upload box: the examples there need them as outputs. The
         # page shows them as JPEG (`show`); the API's PNGs are outputs of their own, never shown.
         # At least 250 px wide: side by side on a laptop, one under the other on a phone (165 px each cut
@@ -420,6 +443,9 @@ def build_demo() -> gr.Blocks:
             gr.Markdown(f"Frame by frame, at the video's size and frame rate, without sound; up to "
                         f"{MAX_VIDEO_PIXELS / 1e6:g} million frame pixels (e.g. "
                         f"{MAX_VIDEO_PIXELS / (640 * 480 * 30):.0f} s of 640×480 at 30 frames/s).")
+        if TRAINING:
+            refresh, shown = train_tab.build(model, list(MODELS))
+            demo.load(refresh, None, shown, api_visibility="private", queue=False)
         with gr.Accordion("About these models", open=False):
             gr.Markdown(about(MODELS))
         with gr.Accordion("More options", open=False):
@@ -463,8 +489,8 @@ if __name__ == "__main__":
     backends.start([g for s in sorted(LOADED) for g in (load_model(s).G_AB, load_model(s).G_BA)], backend)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64).launch(
         theme=theme, css=CSS,
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_name=SERVER_NAME,
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-        max_file_size=os.environ.get("CYCLEGAN_MAX_FILE_SIZE", "25mb"),
+        max_file_size=MAX_UPLOAD,
         allowed_paths=[str(ROOT / "weights"), str(EXAMPLES), *([str(WEB_DIR)] if HAS_WEB else [])],
     )

@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.bench import (PREVIEW, compare_8bit, machine_info, photos, sample_photo, table, timed,  # noqa: E402
-                              trained_briefly)
+from benchmarks.core import PREVIEW, compare_8bit, machine_info, photos, sample_photo, table, timed  # noqa: E402
+from benchmarks.sections.inference import trained_briefly  # noqa: E402
 from cyclegan import CycleGAN  # noqa: E402
 from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.export_onnx import export  # noqa: E402

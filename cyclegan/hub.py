@@ -11,21 +11,25 @@ from .files import one_line, write_atomic
 from .model import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CycleGAN, model_card, resolve_files
 
 
-def push(folder: str, repo_id: str, private: bool = False, dtype: str = "float16", regenerate_card: bool = False) -> str:
+def push(folder: str, repo_id: str, private: bool = False, dtype: str = "float16", regenerate_card: bool = False,
+         token: str | None = None) -> str:
     """Check that `folder` loads, then upload it (weights re-encoded as `dtype`) with its README.md as
     the model card, kept as edited; a card is generated from config.json when the folder has none or
-    `regenerate_card`. Returns the commit URL."""
+    `regenerate_card`. `token`: the Hub token to push with (default: `hf auth login`'s or HF_TOKEN).
+    Returns the commit URL."""
     from huggingface_hub import get_token
 
+    token = token or get_token()
     # Say what is missing before any work: the Hub itself would answer with a bare 401.
-    if get_token() is None:
+    if token is None:
         raise PermissionError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)")
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
     model = CycleGAN.from_pretrained(folder)
     card = Path(folder) / CARD_NAME
     keep = card.is_file() and not regenerate_card
-    return model.push_to_hub(repo_id, private=private, dtype=dtype, card=card.read_text() if keep else None)
+    return model.push_to_hub(repo_id, private=private, token=token, dtype=dtype,
+                             card=card.read_text() if keep else None)
 
 
 def pull(repo_id: str, out: str, revision: str | None = None) -> Path:

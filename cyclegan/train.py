@@ -1,7 +1,7 @@
 """Train a CycleGAN: `python train.py --dataset horse2zebra` (the paper's recipe) or
 `python train.py --dataroot DIR` for any folder with trainA/ and trainB/ (`cyclegan-train` once installed).
 
-Every flag comes from a field of TrainConfig or ModelConfig (cyclegan/training.py, cyclegan/model.py).
+Every flag comes from a field of TrainConfig or ModelConfig (cyclegan/training/recipe.py, cyclegan/model.py).
 With --resume, the run's saved settings are used and only the flags given on the command line
 change them; the model's architecture cannot change.
 """

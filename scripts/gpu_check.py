@@ -23,7 +23,7 @@ NOT_ON_THE_GPU_MACHINE = ("gradio", "gradio_client", "selenium", "huggingface_hu
                           "onnxscript")
 # The modules gpu_check.sh runs, directly or through train.py, bench.py and the tests.
 USED = ("cyclegan", "cyclegan.data", "cyclegan.datasets", "cyclegan.inference", "cyclegan.model", "cyclegan.runlog",
-        "cyclegan.training", "cyclegan.losses", "train", "benchmarks.bench", "scripts.make_grid", "scripts.pack_dataset",
+        "cyclegan.training", "cyclegan.training.graphs", "cyclegan.losses", "train", "benchmarks.bench", "scripts.make_grid", "scripts.pack_dataset",
         "tests.test_cuda")
 
 

@@ -1,9 +1,11 @@
 """Screenshots of the demo for the README: start `python app.py` in headless Chromium, save the first
 screen on a phone (412×915) and on a laptop (1366×768), then click an example (or upload an image) and
-save the page with its results. The tests start the app and drive the page with the same helpers
-(tests/conftest.py, tests/test_browser.py).
+save the page with its results. Then, with CYCLEGAN_TRAINING=1 and a throwaway runs folder, train a short
+run on the examples in the Train tab and save the tab with it (progress, losses, samples) on a laptop and
+on a phone. The tests start the app and drive the page with the same helpers (tests/conftest.py,
+tests/test_browser.py, tests/test_train_tab.py).
 
-    python scripts/screenshot.py [--image path/to/horse.jpg] [--out docs]
+    python scripts/screenshot.py [--image path/to/horse.jpg] [--out docs] [--only app|train]
 """
 from __future__ import annotations
 
@@ -12,19 +14,23 @@ import base64
 import contextlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 from PIL import Image
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -32,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
 OUTPUTS = ("x | G(x): drag to compare", "reconstruction F(G(x))")
 PHONE, LAPTOP = (412, 915), (1366, 768)
+ZIP_LABEL = "zip with trainA/ and trainB/"  # the Train tab's upload
 
 
 class ServedApp(str):
-    """The URL of an app that serve_app started, and its process (benchmarks/bench.py pauses idle ones)."""
+    """The URL of an app that serve_app started, and its process (benchmarks/sections/app.py pauses idle ones)."""
 
     process: subprocess.Popen
 
@@ -213,13 +220,86 @@ def save_page(driver: webdriver.Chrome, path: Path, height: float | None = None,
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", type=Path, help="a horse photo to upload (default: click the first example)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs)")
-    parser.add_argument("--colors", type=int, default=256, help="palette size; 0 keeps full colour")
-    args = parser.parse_args()
-    colors = args.colors or None
+# ---- the Train tab (CYCLEGAN_TRAINING=1) ------------------------------------------------------
+
+def zip_folders(path: Path, folders: dict[str, list[Path]]) -> Path:
+    """A zip holding each folder's images (e.g. {"trainA": [...], "trainB": [...]}) under that folder's name."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for folder, images in folders.items():
+            for image in images:
+                zf.write(image, f"{folder}/{Path(image).name}")
+    return Path(path)
+
+
+def open_tab(driver: webdriver.Chrome, name: str, timeout: float = 30) -> None:
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.find_element(By.XPATH, f"//button[@role='tab' and normalize-space()='{name}']")).click()
+
+
+def set_number(driver: webdriver.Chrome, label: str, value: int) -> None:
+    """Type `value` into the number field labelled `label`, replacing what it shows."""
+    field = driver.find_element(By.CSS_SELECTOR, f'input[type=number][aria-label="{label}"]')
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(str(value), Keys.TAB)
+    WebDriverWait(driver, 10).until(lambda d: field.get_attribute("value") == str(value), f"{label} stays unset")
+
+
+def train_progress(driver: webdriver.Chrome) -> dict:
+    """What #train-progress says: state, run, step and total (0 where it shows none), and its text."""
+    text = driver.find_element(By.ID, "train-progress").text
+    parts = text.split("\n")[0].split(" · ")
+    steps = re.search(r"step ([\d,]+) / ([\d,]+)", text)
+    step, total = (int(g.replace(",", "")) for g in steps.groups()) if steps else (0, 0)
+    return {"state": parts[0], "run": parts[1] if len(parts) > 1 else None, "step": step, "total": total,
+            "text": text}
+
+
+def wait_for_training(driver: webdriver.Chrome, until, message: str, timeout: float = 120) -> dict:
+    """Poll the Train tab's progress (the page's own polling refreshes it) until `until(progress)`; the
+    progress then. Fails at once on an error the page shows, or on a run that failed."""
+    def check(driver: webdriver.Chrome) -> dict | bool:
+        app_errors(driver)
+        progress = train_progress(driver)
+        if progress["state"] == "failed":
+            raise RuntimeError(f"the run failed: {progress['text']}")
+        return progress if until(progress) else False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(check)
+    except TimeoutException:
+        shown = train_progress(driver)["text"]
+        raise TimeoutException(f"{message} within {timeout:.0f} s; it shows: {shown!r}") from None
+
+
+def start_training(driver: webdriver.Chrome, url: str, data: Path, steps: int, crop: int | None = None,
+                   load: int | None = None, timeout: float = 60) -> dict:
+    """Load the page, open the Train tab, upload the zip `data`, set the numbers, start: the progress
+    once the run is there."""
+    open_page(driver, url, timeout)
+    open_tab(driver, "Train")
+    upload = WebDriverWait(driver, timeout).until(lambda d: block(d, ZIP_LABEL).find_element(By.CSS_SELECTOR,
+                                                                                            "input[type=file]"))
+    upload.send_keys(str(Path(data).resolve()))
+    WebDriverWait(driver, timeout).until(lambda d: Path(data).name in block(d, ZIP_LABEL).text, "the zip was not taken")
+    for label, value in (("steps (0: the recipe's)", steps), ("crop size", crop), ("load size", load)):
+        if value is not None:
+            set_number(driver, label, value)
+    driver.find_element(By.XPATH, "//button[normalize-space()='Start training']").click()
+    return wait_for_training(driver, lambda p: p["run"] is not None, "the run did not start", timeout)
+
+
+def choose(driver: webdriver.Chrome, label: str, option: str, timeout: float = 30) -> None:
+    """Pick `option` in the dropdown labelled `label`."""
+    driver.find_element(By.CSS_SELECTOR, f'input[role=combobox][aria-label="{label}"]').click()
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f'li[role=option][aria-label="{option}"]'),
+        f"{option!r} is not in {label}").click()
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(
+        By.CSS_SELECTOR, f'input[role=combobox][aria-label="{label}"]').get_attribute("value") == option)
+
+
+def app_screens(out: Path, colors: int | None, image: Path | None) -> list[Path]:
+    """The first screen on a phone and on a laptop, and the page with a translation's results."""
     with serve_app() as url, chromium(*LAPTOP) as driver:
         paths = []
         for name, (width, height) in (("first-screen-phone", PHONE), ("first-screen-laptop", LAPTOP)):
@@ -228,15 +308,60 @@ def main() -> None:
             WebDriverWait(driver, 30).until(lambda d: all(d.execute_script("return arguments[0].complete && "
                                                                            "arguments[0].naturalWidth", img)
                                                           for img in d.find_elements(By.CSS_SELECTOR, "#examples img")))
-            paths.append(save_page(driver, args.out / f"{name}.png", height=height, max_colors=colors))
-        if args.image:
-            open_and_upload(driver, url, args.image, "horse → zebra")
+            paths.append(save_page(driver, out / f"{name}.png", height=height, max_colors=colors))
+        if image:
+            open_and_upload(driver, url, image, "horse → zebra")
             translate(driver)
         else:
             translate(driver, click=examples(driver)[0])
         # Down to the summary under the results; what follows adds nothing to a README.
-        paths.append(save_page(driver, args.out / "screenshot.png", height=bottom(driver, summary_element(driver)) + 12,
+        paths.append(save_page(driver, out / "screenshot.png", height=bottom(driver, summary_element(driver)) + 12,
                                max_colors=colors))
+    return paths
+
+
+SAMPLES_LABEL = "latest samples: x, G(x), F(G(x))"
+
+
+def train_screens(out: Path, colors: int | None, steps: int = 160) -> list[Path]:
+    """The Train tab on a laptop and on a phone, showing a finished run of `steps` on the examples (the
+    horses as trainA, the zebras as trainB): its progress, loss curves and latest samples."""
+    examples_dir = ROOT / "examples"
+    with tempfile.TemporaryDirectory(prefix="cyclegan-screens-") as work:
+        data = zip_folders(Path(work) / "examples.zip", {"trainA": sorted(examples_dir.glob("horse-*.jpg")),
+                                                         "trainB": sorted(examples_dir.glob("zebra-*.jpg"))})
+        with serve_app(CYCLEGAN_TRAINING="1", CYCLEGAN_RUNS=str(Path(work) / "runs")) as url, \
+                chromium(*LAPTOP) as driver:
+            start_training(driver, url, data, steps)
+            wait_for_training(driver, lambda p: p["state"] == "finished", "the run did not finish", timeout=600)
+            paths = []
+            for name, (width, height) in (("train-tab-laptop", LAPTOP), ("train-tab-phone", PHONE)):
+                emulate(driver, width, height)
+                open_page(driver, url)
+                open_tab(driver, "Train")
+                WebDriverWait(driver, 60).until(lambda d: image_src(d, SAMPLES_LABEL) and d.find_elements(
+                    By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg"), "no samples or losses shown")
+                wait_for_training(driver, lambda p: p["state"] == "finished", "the run is not shown")
+                runs = driver.find_element(By.XPATH, "//button[contains(normalize-space(), 'Runs: delete, publish')]")
+                # Down to the runs' accordion, the tab's last block.
+                paths.append(save_page(driver, out / f"{name}.png", height=bottom(driver, runs) + 12,
+                                       max_colors=colors))
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", type=Path, help="a horse photo to upload (default: click the first example)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs)")
+    parser.add_argument("--colors", type=int, default=256, help="palette size; 0 keeps full colour")
+    parser.add_argument("--only", choices=("app", "train"), help="only the Image tab's or only the Train tab's")
+    args = parser.parse_args()
+    colors = args.colors or None
+    paths = []
+    if args.only != "train":
+        paths += app_screens(args.out, colors, args.image)
+    if args.only != "app":
+        paths += train_screens(args.out, colors)
     for path in paths:
         print(f"{path} ({path.stat().st_size / 1024:.0f} KB)")
 

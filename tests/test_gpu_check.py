@@ -144,7 +144,8 @@ def test_the_fast_path_is_the_fastest_variant_and_the_plan_trains_with_it(tmp_pa
     """bench.py's pace() takes the variant of the step with the smallest time relative to plain Trainer
     over both models; gpu_check.py plan gives the training runs that variant's flags and a schedule
     from the measured batch rate."""
-    from benchmarks.bench import FAST_PATHS, pace
+    from benchmarks.sections.pace import pace
+    from benchmarks.sections.profiling import FAST_PATHS
     from scripts import gpu_check
     ms = {"plain loop (reference.PlainLoop)": (110, 90), "Trainer": (75, 60), "Trainer, NCHW": (60, 55),
           "Trainer + CUDA graphs": (30, 12), "Trainer + CUDA graphs, NCHW": (20, 14)}  # (paper, previews)
@@ -181,7 +182,7 @@ def test_the_fast_path_is_the_fastest_variant_and_the_plan_trains_with_it(tmp_pa
 def test_the_graph_check_runs_in_a_process_of_its_own():
     """bench.py's check of --cuda-graphs runs in a spawned process (a GPU fault there cannot poison the
     benchmark's CUDA context) and comes back as a record; on the CPU every layout fails with the reason."""
-    from benchmarks.bench import check_graphs
+    from benchmarks.sections.profiling import check_graphs
     r = check_graphs(torch.device("cpu"))
     assert set(r) == {"channels_last", "nchw"}
     for layout in r.values():

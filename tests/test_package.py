@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import runpy
+import site
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,7 @@ from packaging.utils import canonicalize_name
 from PIL import Image
 
 from cyclegan import CycleGAN, cli
-from tests.conftest import ROOT, psnr
+from tests.conftest import ROOT, TINY_FLAGS, psnr
 
 COMMANDS = {"cyclegan-" + m.replace("_", "-"): m for m in cli.COMMANDS}
 # The extra each command needs for what it always does (docs/api.md's table); its module and the modules
@@ -32,9 +33,10 @@ COMMAND_EXTRAS = {"train": {"train"}, "translate": set(), "evaluate": {"eval"}, 
 OPTIONAL = [name for name in cli.EXTRAS]  # hidden in the fresh environment: the core must do without them
 
 
-def run(args: list, **kw) -> subprocess.CompletedProcess:
+def run(args: list, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(OMP_NUM_THREADS="1", PIP_ROOT_USER_ACTION="ignore", PIP_NO_INDEX="1", HF_HUB_OFFLINE="1")
+    env.update(OMP_NUM_THREADS="1", PIP_ROOT_USER_ACTION="ignore", PIP_NO_INDEX="1", HF_HUB_OFFLINE="1",
+               **(env_extra or {}))
     return subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=240, **kw)
 
 
@@ -102,6 +104,16 @@ def third_party(node: ast.AST) -> list[str]:
     return [n.split(".")[0] for n in names if n.split(".")[0] not in sys.stdlib_module_names | {"cyclegan"}]
 
 
+def relative_import(module: str, node: ast.ImportFrom, alias: ast.alias) -> str:
+    """The package module (path below cyclegan/, without .py) that a relative import in `module` names:
+    `from ..data import x` in training/step is "data"; `from . import recipe` there "training/recipe"."""
+    package = module.split("/")[:-1]
+    base = package[:len(package) - (node.level - 1)]
+    name = node.module or alias.name
+    target = "/".join(base + name.split("."))
+    return target if node.module or not base else "/".join(base + [name])
+
+
 def module_level(tree: ast.Module) -> list[ast.stmt]:
     """The statements run on import: the module's body and the bodies of its top-level if/try blocks."""
     out, todo = [], list(tree.body)
@@ -119,22 +131,27 @@ def test_every_import_is_declared_where_it_is_needed(metadata):
     core, extras = set(metadata["core"]), {e: set(r) for e, r in metadata["extras"].items()}
     top_imports, lazy_imports, package_imports = {}, {}, {}
     for path, text in metadata["files"].items():
-        module = path.removeprefix("cyclegan/").removesuffix(".py")
+        module = path.removeprefix("cyclegan/").removesuffix(".py")  # "data", "training/step", "training/__init__"
         tree = ast.parse(text)
         top = module_level(tree)
         top_imports[module] = {n for node in top for n in third_party(node)}
         lazy_imports[module] = {n for node in ast.walk(tree) for n in third_party(node)} - top_imports[module]
-        package_imports[module] = {(node.module or alias.name).split(".")[0]  # from .data import x; from . import data
+        package_imports[module] = {relative_import(module, node, alias)  # from .data import x; from . import data
                                    for node in top if isinstance(node, ast.ImportFrom) and node.level
                                    for alias in node.names}
 
     def closure(module: str) -> set[str]:
+        """The package's modules that importing `module` runs, the __init__ of each package on the way included."""
         seen, todo = set(), [module]
         while todo:
             m = todo.pop()
+            m = f"{m}/__init__" if f"{m}/__init__" in top_imports else m  # a package: its __init__
             if m not in seen and m in top_imports:
                 seen.add(m)
                 todo += package_imports[m] | {"__init__"}
+                if "/" in m:  # the __init__ of every package above a sub-package's module
+                    parts = m.split("/")[:-1]
+                    todo += ["/".join(parts[:i] + ["__init__"]) for i in range(1, len(parts) + 1)]
         return seen
 
     problems = []
@@ -189,19 +206,38 @@ def test_the_requirements_files_name_what_pyproject_declares(metadata):
 
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
-    """A fresh environment with the wheel installed (its dependencies from this machine's packages, no
-    index), in which the optional packages of every extra are hidden: the bin folder."""
+    """A fresh environment with the wheel installed (its dependencies from this environment's packages,
+    no index), in which the optional packages of every extra are hidden unless SHOW_EXTRAS is set: the
+    bin folder."""
     venv = tmp_path_factory.mktemp("venv")
-    made = run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", venv])
+    made = run([sys.executable, "-m", "venv", "--without-pip", venv])
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
+    site_packages = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+    assert Path(site_packages).is_relative_to(venv)
+    # The packages of whatever environment runs the tests (a venv, conda, the system Python), behind
+    # the new one's: `venv --system-site-packages` would give the base Python's, which inside a venv
+    # lack the project's dependencies.
+    here = [p for p in [*site.getsitepackages(), site.getusersitepackages()] if Path(p).is_dir()]
+    (Path(site_packages) / "this_environment.pth").write_text("\n".join(here) + "\n")
     done = run([python, "-m", "pip", "install", "-q", wheel])
     assert done.returncode == 0, f"pip install of the wheel failed:\n{done.stdout}\n{done.stderr}"
-    site = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
-    assert Path(site).is_relative_to(venv)
     # A module set to None in sys.modules is one that find_spec does not find and `import` refuses.
-    (Path(site) / "zz_hide_extras.pth").write_text(f"import sys; sys.modules.update(dict.fromkeys({OPTIONAL!r}))\n")
+    (Path(site_packages) / "zz_hide_extras.pth").write_text(
+        f"import os, sys; os.environ.get('SHOW_EXTRAS') or sys.modules.update(dict.fromkeys({OPTIONAL!r}))\n")
     return venv / "bin"
+
+
+def test_the_installed_train_command_trains(installed, dataroot, tmp_path):
+    """cyclegan-train of the wheel (with its train extra) runs two steps and writes what a run writes."""
+    done = run([installed / "cyclegan-train", "--dataroot", dataroot, "--output", tmp_path / "run", "--max-steps", "2",
+                *TINY_FLAGS], cwd=tmp_path, env_extra={"SHOW_EXTRAS": "1"})
+    assert done.returncode == 0, f"cyclegan-train failed:\n{done.stderr[-2000:]}"
+    import torch
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and CycleGAN.from_pretrained(tmp_path / "run" / "model").info["steps"] == 2
+    assert "cyclegan/training/" in run([installed / "python", "-c", "import cyclegan.training as t; print(t.__file__)"],
+                                       cwd=tmp_path).stdout.replace("\\", "/")
 
 
 def test_installed_commands_translate_an_image_outside_the_checkout(installed, tmp_path):

@@ -1,6 +1,6 @@
 """Inference precision and size: each precision against float32 on a generator with trained
 statistics, the choice "auto" makes, tiling by default for large inputs, and Trainer.train_step's
-batched calls against benchmarks/bench.py's naive loop."""
+batched calls against benchmarks/reference.py's naive loop."""
 from pathlib import Path
 
 import pytest
@@ -190,7 +190,7 @@ def test_bench_bf16_simulation_matches_real_bf16(trained):
 
 def test_train_step_matches_the_naive_loop():
     """Trainer.train_step (G(x) batched with the identity G(y), D frozen, real and fake through D in
-    one call) against benchmarks/bench.py's naive loop: the same losses and gradients."""
+    one call) against benchmarks/reference.py's naive loop: the same losses and gradients."""
     config = TrainConfig(lambda_identity=0.5, amp="none")  # the naive loop is float32
     optimised, naive = Trainer(config, TINY), Trainer(config, TINY)
     for step in range(2):

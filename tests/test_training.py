@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench import in_fused_adam
+from benchmarks.sections.profiling import in_fused_adam
 from cyclegan import CycleGAN
-from cyclegan.training import CaptureBroken, StepGraph, StopSignals, Trainer, TrainConfig, load_checkpoint, lr_factor, train
+from cyclegan.training import Trainer, TrainConfig, load_checkpoint, lr_factor, train
+from cyclegan.training.graphs import CaptureBroken, StepGraph, undone
+from cyclegan.training.signals import StopSignals
 from tests.conftest import TINY, TINY_FLAGS, free_port, measured_precision, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,13 +110,13 @@ def nan_batch(seed: int = 1) -> dict[str, torch.Tensor]:
 def test_a_non_finite_loss_changes_nothing_and_stops_at_the_next_read():
     trainer = Trainer(TrainConfig(on_nan="stop", amp="none"), TINY)
     trainer.train_step(batch())
-    assert trainer.check_finite() == 0
+    assert trainer.tally.check_finite() == 0
     before = state(trainer)
     trainer.train_step(nan_batch())  # nothing is read back during a step: no error yet
     trainer.train_step(nan_batch(2))
     assert changed(before, state(trainer)) == []  # weights, Adam's moments and step counts
     with pytest.raises(FloatingPointError, match=r"^step 2: the generator loss is nan; its update was skipped"):
-        trainer.check_finite()
+        trainer.tally.check_finite()
 
 
 def test_on_nan_skip_counts_the_skipped_steps_and_leaves_them_out_of_the_means(capsys):
@@ -125,14 +127,14 @@ def test_on_nan_skip_counts_the_skipped_steps_and_leaves_them_out_of_the_means(c
     assert changed(before, state(trainer)) == []
     third = trainer.train_step(batch(3))
     assert changed(before, state(trainer), "G_AB.") and changed(before, state(trainer), "opt_G.")
-    assert trainer.check_finite() == 1
+    assert trainer.tally.check_finite() == 1
     assert "step 2: the generator loss is nan; skipped 1 such step(s) since the last check, 1 in all" in capsys.readouterr().err
-    assert trainer.check_finite() == 1  # said once
-    means = trainer.read_losses()
+    assert trainer.tally.check_finite() == 1  # said once
+    means = trainer.tally.read()
     assert means["skipped_steps"] == 1
     for k in first:
         assert means[k] == pytest.approx((first[k].item() + third[k].item()) / 2, rel=1e-5), k
-    assert trainer.read_losses() == {"skipped_steps": 1}  # a new window: no finite step yet
+    assert trainer.tally.read() == {"skipped_steps": 1}  # a new window: no finite step yet
     assert trainer.state_dict()["skipped_steps"] == 1
 
 
@@ -151,14 +153,14 @@ def test_a_bad_discriminator_loss_stops_or_skips_only_the_discriminators():
         assert changed(before, after, "G_AB.") and trainer.step == 1
         if on_nan == "stop":
             with pytest.raises(FloatingPointError, match="step 1: the discriminator loss is nan"):
-                trainer.check_finite()
+                trainer.tally.check_finite()
         else:
-            assert trainer.check_finite() == 1
+            assert trainer.tally.check_finite() == 1
 
 
 def test_no_value_is_read_back_between_log_windows(dataroot, tmp_path, monkeypatch):
     """Whole runs inside one epoch: 4 more steps (two more --log-every windows) add exactly the two
-    reads of each window (check_finite and read_losses), nothing per step. Reads are scalar reads
+    reads of each window (LossTally.check_finite and read), nothing per step. Reads are scalar reads
     seen by torch.profiler (.item(), bool(), float()) and .tolist()/.numpy() calls, which it does not see."""
     calls = []
     for name in ("tolist", "numpy"):
@@ -373,7 +375,7 @@ def test_stop_signals_ask_once_then_interrupt():
 
 def test_each_save_completes_the_model_folder_before_the_checkpoint(dataroot, tmp_path, monkeypatch):
     # A kill right after checkpoint.pt appears must still leave a loadable model/ of that step or later.
-    import cyclegan.training as training
+    import cyclegan.training.loop as loop
     seen = []
 
     def checking_save(state, path):
@@ -381,8 +383,8 @@ def test_each_save_completes_the_model_folder_before_the_checkpoint(dataroot, tm
         seen.append((state["step"], model.info["steps"]))
         return save_checkpoint(state, path)
 
-    save_checkpoint = training.save_checkpoint
-    monkeypatch.setattr(training, "save_checkpoint", checking_save)
+    save_checkpoint = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", checking_save)
     train(config_for(dataroot, tmp_path / "run", max_steps=4), TINY)
     assert seen == [(2, 2), (4, 4)]
 
@@ -488,7 +490,7 @@ def test_data_on_the_device_trains_exactly_as_the_loader(dataroot, tmp_path):
 
 def assert_same_training_state(want: Trainer, got: Trainer) -> None:
     """The same losses since the last read, and bit-identical weights, averages, optimiser states and pools."""
-    assert want.read_losses() == got.read_losses()
+    assert want.tally.read() == got.tally.read()
     a_state, b_state = want.state_dict(), got.state_dict()
     flat = lambda d: [v for v in torch.utils._pytree.tree_leaves(d) if isinstance(v, torch.Tensor)]  # noqa: E731
     for key in ("G_AB", "G_BA", "D_A", "D_B", "G_AB_ema", "opt_G", "opt_D", "pool_A", "pool_B"):
@@ -506,7 +508,7 @@ def test_the_graph_warm_up_leaves_no_trace_and_the_lr_tensor_is_read():
     plain, warmed = Trainer(config, TINY, graph_ready=True), Trainer(config, TINY, graph_ready=True)
     for i, b in enumerate(batches):
         if i in (0, 3):  # before the first step (state built lazily) and with the pools full
-            with warmed.undone():
+            with undone(warmed):
                 for _ in range(3):
                     warmed.step_on(b["A"], b["B"])
         plain.train_step(b)
@@ -629,7 +631,7 @@ def test_the_capture_check_compares_a_replay_with_the_eager_step():
         plain.train_step(b)
     graph = StepGraph(trainer)
     graph.inputs = (batches[3]["A"].clone(), batches[3]["B"].clone())
-    graph.losses = {k: torch.zeros(()) for k in trainer.loss_names}
+    graph.losses = {k: torch.zeros(()) for k in trainer.tally.names}
 
     class Replay:  # copies the losses of a step on `inputs` into the static outputs
         def __init__(self, inputs):
@@ -681,7 +683,7 @@ def test_a_resumed_optimiser_state_takes_this_runs_layout():
     for b in batches[:2]:
         saving.train_step(b)
     checkpoint = copy.deepcopy(saving.state_dict())
-    saving.read_losses()  # a new window, as the resumed run starts one
+    saving.tally.read()  # a new window, as the resumed run starts one
     for name in ("opt_G", "opt_D"):  # as a CUDA run saves them (training on the CPU here: PyTorch's CPU
         for moments in checkpoint[name]["state"].values():  # instance norm misreads channels_last gradients)
             for key in ("exp_avg", "exp_avg_sq"):
@@ -694,3 +696,48 @@ def test_a_resumed_optimiser_state_takes_this_runs_layout():
     for t in (saving, resumed):
         t.train_step(batches[2])
     assert_same_training_state(saving, resumed)
+
+
+# Recorded with the single-module training.py (commit b606afd) by the same steps, one thread, the CPU.
+BEFORE_THE_SPLIT = {
+    "losses": [[0.9440081119537354, 0.9940469861030579, 5.228869438171387, 5.223626613616943, 2.6107254028320312,
+                2.576763391494751, 0.4915366768836975, 0.4547363817691803],
+               [0.9373915791511536, 0.9816094040870667, 5.209558486938477, 5.166836261749268, 2.614793539047241,
+                2.571694850921631, 0.4881964921951294, 0.45595186948776245],
+               [0.9198369979858398, 0.9713131785392761, 5.077002048492432, 5.110444068908691, 2.5951523780822754,
+                2.589797019958496, 0.4807211458683014, 0.4413529634475708],
+               [0.9215530753135681, 0.9609280228614807, 5.160983085632324, 5.116512298583984, 2.588705062866211,
+                2.5848278999328613, 0.46881020069122314, 0.4396197497844696]],
+    "weights": [-0.4210826204325713, 301.20010977551647],  # sum and sum of |w| of every network after 4 steps
+    "ema": [-1.0106395507593362, 275.57092119183307],
+}
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "from-a-checkpoint-of-then"])
+def test_training_steps_as_before_the_split(resumed):
+    """The package layout changed nothing a run computes: four steps on fixed batches give the losses and
+    weights recorded before the move (relative 1e-6: oneDNN may choose other kernels on another CPU), and
+    a checkpoint the old layout wrote after two steps (tests/data/) resumes into the same last two."""
+    from cyclegan import ModelConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = ModelConfig(ngf=4, ndf=4, n_blocks=1, n_layers=1, domain_A="horse", domain_B="zebra")
+        trainer = Trainer(TrainConfig(amp="none", pool_size=2, ema_decay=0.9, seed=3), model)
+        g = torch.Generator().manual_seed(7)
+        batches = [{d: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for d in "AB"} for _ in range(4)]
+        if resumed:
+            state = load_checkpoint(ROOT / "tests" / "data" / "checkpoint-before-the-split.pt")
+            assert state["step"] == 2
+            trainer.load_state_dict(state)
+        first = 2 if resumed else 0
+        losses = [list(trainer.train_step(b).values()) for b in batches[first:]]
+    finally:
+        torch.set_num_threads(threads)
+    checksum = lambda m: [sum(p.double().sum().item() for p in m.parameters()),  # noqa: E731
+                          sum(p.double().abs().sum().item() for p in m.parameters())]
+    recorded = [v for step in BEFORE_THE_SPLIT["losses"][first:] for v in step]
+    assert [v.item() for step in losses for v in step] == pytest.approx(recorded, rel=1e-6)
+    assert checksum(trainer.model) == pytest.approx(BEFORE_THE_SPLIT["weights"], rel=1e-6)
+    assert checksum(trainer.ema) == pytest.approx(BEFORE_THE_SPLIT["ema"], rel=1e-6)
