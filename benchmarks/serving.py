@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import torch  # noqa: E402
 
 from benchmarks.backends import CpuShare, UNDER_LOAD  # noqa: E402
-from benchmarks.bench import PREVIEW, compare_8bit, machine_info, photos, sample_photo, stats, table, trained_briefly  # noqa: E402
+from benchmarks.core import PREVIEW, compare_8bit, machine_info, photos, sample_photo, stats, table  # noqa: E402
+from benchmarks.sections.inference import trained_briefly  # noqa: E402
 from cyclegan import CycleGAN, backends  # noqa: E402
 from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
