@@ -4,7 +4,6 @@ in the app it runs in a background thread at the lowest priority while eager ser
 cached on disk, so a restart only traces the model again."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import queue
@@ -25,6 +24,7 @@ from .inference import FAST_PATHS, autocast_dtype, in_precision
 BACKENDS = ("auto", "eager", "compile")
 ENV = "CYCLEGAN_BACKEND"
 MEASURE_SIZE = 256  # px: the app's usual size; the choice is made on one such image
+SWITCH_INTERVAL = 0.0005  # s: the GIL's turns while the fast path compiles (Python's default: 0.005)
 MARGIN = 0.95  # "auto" compiles only when the compiled call takes at most this fraction of eager's time
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cyclegan-kit" / "torchinductor"
 
@@ -81,8 +81,7 @@ class FastPath:
                 return self.replay(x.clone(memory_format=torch.contiguous_format))
             finally:
                 DYNAMO.release()
-        with eager_call():
-            return self.eager(x)
+        return self.eager(x)
 
 
 def sample(shape: tuple) -> torch.Tensor:
@@ -128,35 +127,6 @@ def warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
-# Eager calls in progress. The background compile pauses while there are any: it is mostly Python, and
-# niced, it held the GIL between a request's operations for whole time slices (a first request took 2.1x
-# the eager app's); paused, the request has the GIL and the cores.
-_calls = [0]
-_calls_lock = threading.Lock()
-_quiet = threading.Event()
-_quiet.set()
-
-
-@contextlib.contextmanager
-def eager_call():
-    with _calls_lock:
-        _calls[0] += 1
-        _quiet.clear()
-    try:
-        yield
-    finally:
-        with _calls_lock:
-            _calls[0] -= 1
-            if not _calls[0]:
-                _quiet.set()
-
-
-def _pause_for_calls(frame, event, arg) -> None:
-    """The compiling thread's profile function: at every call it makes, wait while eager calls run."""
-    if _calls[0]:  # an index, not a call: this runs at every call the compiler makes
-        _quiet.wait()
-
-
 _jobs: queue.Queue[Callable[[], object]] = queue.Queue()
 _worker: list[threading.Thread] = []
 
@@ -176,13 +146,18 @@ def _work() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):
         pass
+    interval = sys.getswitchinterval()
     while True:
         job = _jobs.get()
-        sys.setprofile(_pause_for_calls)
+        # A compile is mostly Python (tracing, code generation) and holds the GIL between a request's
+        # operations: every operation of a request then waited up to the switch interval (5 ms) for it,
+        # which made the first request 7x slower. Shorter turns while compiling; the default once idle.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             job()
         finally:
-            sys.setprofile(None)
+            if _jobs.empty():
+                sys.setswitchinterval(interval)
 
 
 def start(nets: list[nn.Module], backend: str | None = None, precision: str = "auto", blocking: bool = False,
