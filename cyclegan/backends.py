@@ -150,8 +150,8 @@ def _work() -> None:
     while True:
         job = _jobs.get()
         # A compile is mostly Python (tracing, code generation) and holds the GIL between a request's
-        # operations: every operation of a request then waited up to the switch interval (5 ms) for it,
-        # which made the first request 7x slower. Shorter turns while compiling; the default once idle.
+        # operations: each of them can wait a switch interval (5 ms) to get it back. Shorter turns while
+        # compiling; the default once idle.
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             job()
