@@ -1,10 +1,14 @@
-"""Other CPU backends for the generator beside eager float32 (as translate() runs it): torch.compile,
-ONNX Runtime on the project's own ONNX export and, where the CPU has VNNI, int8 (ONNX Runtime static
-quantization). Both model sizes, one image at 256 and 512 px, timed interleaved; speed-up against eager
-float32 and 8-bit PSNR against it; a markdown table and benchmarks/backends.json.
+"""The roofline of the generator on the CPU: each backend's GFLOP/s beside the matrix-multiply peak
+measured in the same run, with the same threads. Eager (float32, and bf16 where the CPU has it in
+hardware), torch.compile through the fast path the app uses (cyclegan/backends.py), ONNX Runtime on the
+project's own ONNX export and, where the CPU has VNNI, int8 (ONNX Runtime static quantization). Both
+model sizes, one image at 256 and 512 px, timed interleaved; speed-up against eager float32 and 8-bit
+PSNR against it; the share of the cores other processes used (a run under load is marked as such); a
+markdown table and benchmarks/backends.json.
 
-    python benchmarks/backends.py --data ../shared/datasets/horse2zebra   # ~10 min on 2 busy Zen 3 cores
+    python benchmarks/backends.py --data ../shared/datasets/horse2zebra   # ~10 min on 2 idle Zen 4 cores
     python benchmarks/backends.py --quick                                  # fewer repeats
+    python benchmarks/backends.py --quick --backends "eager bf16,torch.compile bf16"
     python benchmarks/backends.py --int8 yes   # int8 even without VNNI (its accuracy; its speed says nothing there)
 
 A backend is worth adopting (issue 27) when it is >= 1.2x faster than eager float32 at >= 45 dB on both
@@ -17,7 +21,9 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -37,11 +43,14 @@ from cyclegan import CycleGAN  # noqa: E402
 from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.export_onnx import export  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
-from cyclegan.inference import run_any_size  # noqa: E402
+from cyclegan.backends import FastPath  # noqa: E402
+from cyclegan.inference import cpu_has_native_bf16, in_precision, run_any_size  # noqa: E402
 
-BACKENDS = ("eager fp32", "torch.compile", "onnxruntime", "onnxruntime int8")
+BACKENDS = ("eager fp32", "eager bf16", "torch.compile fp32", "torch.compile bf16", "onnxruntime",
+            "onnxruntime int8", "torch.compile bf16 static")  # the last: static shapes, a compile per size
 FIELDS = ("model", "size", "backend", "min_ms", "median_ms", "n", "speedup", "psnr_db", "max_levels",
           "within_1_level")
+UNDER_LOAD = 0.05  # other processes' share of the cores above which a run is marked as taken under load
 SPEEDUP, PSNR_DB = 1.2, 45.0  # issue 27's bar for adopting a backend
 CALIBRATION_PHOTOS = 4
 CPU = torch.device("cpu")
@@ -116,11 +125,103 @@ def calibration_images(data: Path, size: int) -> list[torch.Tensor]:
     return [to_tensor(im).unsqueeze(0) for im in images]
 
 
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of the best of `repeats` `a @ b` (n x n) in `dtype`, with torch's threads as they are:
+    what this CPU's arithmetic reaches in the library the generator's convolutions are built on."""
+    a, b = (torch.rand(n, n, generator=torch.Generator().manual_seed(i)).to(dtype) for i in (0, 1))
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def gflop(net: torch.nn.Module, size: int) -> float:
+    """GFLOP of one pass of `net` on a `size`-px image (convolutions: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+class CpuShare:
+    """The share of this machine's cores that other processes used between start and `others()`:
+    /proc/stat's busy time less that of this process and its children (the compiler's workers and
+    the apps a benchmark serves included). A comparison is only meaningful where it is near 0 (the
+    load average also counts this benchmark's own threads)."""
+
+    def __init__(self) -> None:
+        self.start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.monotonic(), busy, reaped.ru_utime + reaped.ru_stime + CpuShare._family_seconds(ticks)
+
+    @staticmethod
+    def _family_seconds(ticks: int) -> float:
+        """CPU seconds of this process and its living descendants (/proc/PID/stat: utime, stime)."""
+        parents, used = {}, {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            pid = int(stat.parent.name)
+            parents[pid], used[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+        family, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            family.add(pid)
+            todo += [child for child, parent in parents.items() if parent == pid and child not in family]
+        return sum(used.get(pid, 0.0) for pid in family)
+
+    def others(self) -> float:
+        (t0, busy0, own0), (t1, busy1, own1) = self.start, self._now()
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((t1 - t0) * (os.cpu_count() or 1))
+
+
+def runners(model: CycleGAN, backends: list[str], data: Path, folder: Path, sizes: list[int],
+            threads: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Each backend as a function of one image: eager through run_any_size, torch.compile through the
+    fast path the app uses (cyclegan.backends: dynamic shapes, compiled before it is timed)."""
+    G = model.G_AB.eval()
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for name in backends:
+        precision = "bf16" if "bf16" in name else "fp32"
+        if name.startswith("eager"):
+            out[name] = lambda x, p=precision: run_any_size(G, x, max_side=None, precision=p)
+        elif name.endswith("static"):
+            out[name] = torch.inference_mode()(torch.compile(in_precision(G, "cpu", torch.bfloat16), dynamic=False))
+        elif name.startswith("torch.compile"):
+            fast = FastPath(G, torch.bfloat16 if precision == "bf16" else None, blocking=True)
+            out[name] = torch.inference_mode()(fast)
+    if "onnxruntime" in backends or "onnxruntime int8" in backends:
+        start = time.perf_counter()
+        path = export_onnx(model, folder)
+        print(f"(exported to ONNX in {time.perf_counter() - start:.0f} s)")
+        if "onnxruntime" in backends:
+            out["onnxruntime"] = ort_runner(path, threads)
+        if "onnxruntime int8" in backends:
+            start = time.perf_counter()
+            qpath = quantize_int8(path, calibration_images(data, min(sizes)))
+            print(f"(quantized to int8 in {time.perf_counter() - start:.0f} s)")
+            out["onnxruntime int8"] = ort_runner(qpath, threads)
+    return out
+
+
 def bench_backends(models: dict[str, CycleGAN], sizes: dict[int, int], data: Path, workdir: Path,
                    backends: tuple[str, ...] = BACKENDS, int8: bool | None = None, warmup: int = 1) -> dict:
     """Each model's G_AB on one image of each size (`sizes`: size -> interleaved repeats) in each of
-    `backends`; int8 only where `int8` is True, or None and the CPU has VNNI. Returns {"rows": one per
-    model, size and backend, "compile_s": per model and size, "skipped": backend -> why}."""
+    `backends`, as GFLOP/s beside the matrix-multiply peak measured before and after (the roofline);
+    bf16 rows only where the CPU has bf16 in hardware, int8 only where `int8` is True, or None and
+    the CPU has VNNI. Returns {"rows": one per model, size and backend, "peak_gflops", "compile_s":
+    per model and size, "skipped": backend -> why}."""
     threads = torch.get_num_threads()
     vnni = vnni_flags()
     skipped: dict[str, str] = {}
@@ -128,54 +229,51 @@ def bench_backends(models: dict[str, CycleGAN], sizes: dict[int, int], data: Pat
         skipped["onnxruntime int8"] = ("this CPU has no VNNI (avx512_vnni or avx_vnni in /proc/cpuinfo): "
                                        "int8 convolutions are emulated with 16-bit arithmetic there"
                                        if not vnni else "turned off (--int8 no)")
-        print(f"int8: skipped, {skipped['onnxruntime int8']}")
+    if not cpu_has_native_bf16():
+        skipped.update({b: "this CPU has no bf16 in hardware" for b in backends if "bf16" in b})
+    for name, why in skipped.items():
+        print(f"{name}: skipped, {why}")
     run = [b for b in backends if b not in skipped]
-    row = table(f"The generator, one image, {threads} threads (ms min / median; speed-up of medians against eager "
-                "fp32; 8-bit PSNR against eager fp32 / largest difference in levels):",
-                ["model", "size", "backend", "ms", "speed-up", "PSNR vs eager fp32"])
+    peaks = {"fp32": [matmul_peak()], "bf16": [matmul_peak(torch.bfloat16)] if any("bf16" in b for b in run) else []}
+    print(f"Matrix-multiply peak (4096², {threads} threads): "
+          + ", ".join(f"{k} {v[0]:.0f} GFLOP/s" for k, v in peaks.items() if v))
+    row = table(f"The generator, one image, {threads} threads (ms min / median; GFLOP/s of the median and its share "
+                "of the same arithmetic's matmul peak; speed-up of medians against eager fp32; 8-bit PSNR against "
+                "eager fp32 / largest difference in levels):",
+                ["model", "size", "backend", "ms", "GFLOP/s (of peak)", "speed-up", "PSNR vs eager fp32"])
     rows, compile_s = [], {}
     for label, model in models.items():
-        G = model.G_AB.eval()
-        folder = workdir / f"model{len(compile_s)}"
-        runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-            "eager fp32": lambda x: run_any_size(G, x, max_side=None, precision="fp32")}
-        if "onnxruntime" in run or "onnxruntime int8" in run:
-            start = time.perf_counter()
-            path = export_onnx(model, folder)
-            print(f"({label}: exported to ONNX in {time.perf_counter() - start:.0f} s)")
-            if "onnxruntime" in run:
-                runners["onnxruntime"] = ort_runner(path, threads)
-            if "onnxruntime int8" in run:
-                start = time.perf_counter()
-                qpath = quantize_int8(path, calibration_images(data, min(sizes)))
-                print(f"({label}: quantized to int8 in {time.perf_counter() - start:.0f} s)")
-                runners["onnxruntime int8"] = ort_runner(qpath, threads)
+        fns = runners(model, run, data, workdir / f"model{len(compile_s)}", list(sizes), threads)
         compile_s[label] = {}
         for size, repeats in sizes.items():
             x = to_tensor(sample_photo(data, size, size)).unsqueeze(0)
-            variants = {name: (lambda f=f: f(x)) for name, f in runners.items()}
-            if "torch.compile" in run:
-                torch._dynamo.reset()  # each model and size compiled afresh, for static shapes; its time measured
-                compiled = torch.compile(G, dynamic=False)
+            flops = gflop(model.G_AB, size)
+            for name in [n for n in fns if n.startswith("torch.compile")]:
                 start = time.perf_counter()
-                run_any_size(compiled, x, max_side=None, precision="fp32")
-                compile_s[label][size] = time.perf_counter() - start
-                print(f"({label}, {size} px: torch.compile's first call took {compile_s[label][size]:.1f} s)")
-                variants["torch.compile"] = lambda c=compiled: run_any_size(c, x, max_side=None, precision="fp32")
-            variants = {name: variants[name] for name in backends if name in variants}
+                fns[name](x)
+                compile_s[label][f"{name} {size}"] = seconds = time.perf_counter() - start
+                print(f"({label}, {size} px: {name}'s first call took {seconds:.1f} s)")
+            variants = {name: (lambda f=f: f(x)) for name, f in fns.items()}
             t = timed(variants, repeats, warmup, CPU)
             ref = variants["eager fp32"]()
             for name, fn in variants.items():
                 c = compare_8bit(fn(), ref)
-                s = t[name]
+                s, arithmetic = t[name], "bf16" if "bf16" in name else "fp32"
+                gflops = flops / s["median"]
                 rows.append(r := {"model": label, "size": size, "backend": name, "min_ms": s["min"] * 1000,
                                   "median_ms": s["median"] * 1000, "p95_ms": s["p95"] * 1000, "n": s["n"],
-                                  "speedup": t["eager fp32"]["median"] / s["median"], **c})
+                                  "speedup": t["eager fp32"]["median"] / s["median"], "gflop": flops,
+                                  "gflops": gflops, "of_peak": gflops / peaks[arithmetic][0], **c})
                 db = "identical" if c["psnr_db"] == float("inf") else f"{c['psnr_db']:.1f} dB"
-                row(label, size, name, f"{r['min_ms']:.0f} / {r['median_ms']:.0f}", f"{r['speedup']:.2f}x",
-                    f"{db} / {c['max_levels']}")
-    return {"rows": rows, "compile_s": compile_s, "skipped": skipped,
-            "onnxruntime_session": describe_options(threads), "vnni": vnni}
+                row(label, size, name, f"{r['min_ms']:.0f} / {r['median_ms']:.0f}",
+                    f"{gflops:.0f} ({r['of_peak']:.0%})", f"{r['speedup']:.2f}x", f"{db} / {c['max_levels']}")
+    for arithmetic, values in peaks.items():
+        if values:
+            values.append(matmul_peak(torch.bfloat16 if arithmetic == "bf16" else torch.float32))
+    print("Matrix-multiply peak before / after: "
+          + ", ".join(f"{k} {v[0]:.0f} / {v[1]:.0f} GFLOP/s" for k, v in peaks.items() if v))
+    return {"rows": rows, "peak_gflops": {k: v for k, v in peaks.items() if v}, "compile_s": compile_s,
+            "skipped": skipped, "onnxruntime_session": describe_options(threads), "vnni": vnni}
 
 
 def verdict(rows: list[dict], size: int = 256) -> dict[str, str]:
@@ -198,8 +296,13 @@ def main(argv: list[str] | None = None) -> int:
                              "model's brief training; without it a synthetic image (default: %(default)s)")
     parser.add_argument("--int8", choices=("auto", "yes", "no"), default="auto",
                         help="auto: only where the CPU has VNNI (default)")
+    parser.add_argument("--backends", default=",".join(BACKENDS[:-1]),
+                        help="comma-separated, of: %(default)s (eager fp32 is the reference, always run)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "backends.json")
     args = parser.parse_args(argv)
+    chosen = ["eager fp32", *(b for b in args.backends.split(",") if b != "eager fp32")]
+    if unknown := [b for b in chosen if b not in BACKENDS]:
+        parser.error(f"unknown backends {unknown}: choose from {', '.join(BACKENDS)}")
     sys.stdout.reconfigure(line_buffering=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     import onnxruntime as ort
@@ -207,20 +310,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'] + m['vnni']) or 'no AVX2'}), "
           f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, {m['threads']} threads, "
           f"load average {m['load_average_at_start'][0]:.2f} at start.")
-    started = time.perf_counter()
+    started, share = time.perf_counter(), CpuShare()
     models = {"preview (ngf 32, 6 blocks)": CycleGAN.from_pretrained(PREVIEW),
-              "default (ngf 64, 9 blocks, trained briefly)": trained_briefly(args.data)}
+              "paper size (ngf 64, 9 blocks, trained briefly)": trained_briefly(args.data)}
     sizes = {256: 4, 512: 2} if args.quick else {256: 10, 512: 5}
     with tempfile.TemporaryDirectory() as tmp:
-        result = bench_backends(models, sizes, args.data, Path(tmp),
+        result = bench_backends(models, sizes, args.data, Path(tmp), tuple(chosen),
                                 int8={"auto": None, "yes": True, "no": False}[args.int8])
+    others = share.others()
     r = {"command": " ".join(["python benchmarks/backends.py", *(argv if argv is not None else sys.argv[1:])]),
          "quick": args.quick, "machine": m,
          "weights": {"preview": str(PREVIEW.relative_to(ROOT)),
-                     "default": models["default (ngf 64, 9 blocks, trained briefly)"].info.get("trained", "random init")},
+                     "default": models["paper size (ngf 64, 9 blocks, trained briefly)"].info.get("trained", "random init")},
          **result, "verdict_256px": verdict(result["rows"]),
-         "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "seconds": time.perf_counter() - started}
-    print(f"\nLoad average {r['load_average_at_end'][0]:.2f} at end.\nIssue 27's bar (>= {SPEEDUP}x at >= {PSNR_DB:.0f} dB "
+         "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "seconds": time.perf_counter() - started,
+         "others_cpu_share": round(others, 3), "under_load": others > UNDER_LOAD}
+    print(f"\nLoad average {r['load_average_at_end'][0]:.2f} at end; other processes used {others:.0%} of the cores"
+          + (" -- UNDER LOAD: these timings compare nothing" if r["under_load"] else " (idle)") + f".\nIssue 27's bar (>= {SPEEDUP}x at >= {PSNR_DB:.0f} dB "
           "on both models at 256 px):", *(f"- {k}: {v}" for k, v in r["verdict_256px"].items()), sep="\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, (json.dumps(r, indent=2) + "\n").encode())

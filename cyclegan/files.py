@@ -8,10 +8,12 @@ from typing import BinaryIO, Callable
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object],
-                 previous: str | os.PathLike | None = None) -> Path:
+                 previous: str | os.PathLike | None = None, durable: bool = True) -> Path:
     """Write `data` (bytes, or a function that writes to a binary file) so that a reader or a crash
     sees the old file or the new one, never a part: a temp file beside it, flushed to disk, renamed
-    over it. With `previous`, the old file is first renamed there instead of being replaced."""
+    over it. With `previous`, the old file is first renamed there instead of being replaced.
+    `durable=False` skips the flush to disk, for caches that a crash may lose (readers still never
+    see a part)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -20,8 +22,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
                 data(f)
             else:
                 f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException:  # the old file stays as it was, and no half-written temp file is left
         tmp.unlink(missing_ok=True)
         raise

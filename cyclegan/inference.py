@@ -53,6 +53,8 @@ class PrecisionChoice:
         return f"{self.name} ({self.reason})"
 
 
+# Generators that a long-lived process put on its fast path (cyclegan.backends.start): net -> its FastPath.
+FAST_PATHS: dict[nn.Module, object] = {}
 MEASURE_SIZE = 128  # px: enough to rank the two precisions, a fraction of a second to time
 BF16_MARGIN = 0.9  # bf16 only when it takes at most this fraction of float32's time; a tie is float32
 _choices: dict[tuple, PrecisionChoice] = {}
@@ -122,8 +124,11 @@ def run_any_size(net: nn.Module, x: torch.Tensor, max_side: int | None = 1024, l
     padded, or tiled or downscaled above `max_side`, in the arithmetic `precision` picks for the
     image's device (see `autocast_dtype`). Returns float32 of the input's size."""
     dtype = autocast_dtype(precision, x.device, net)
-    if dtype is not None:
-        net = _autocast(net, x.device.type, dtype)
+    fast = FAST_PATHS.get(net)
+    if fast is not None:  # compiled where it is ready for this precision and shape, eager otherwise
+        net = fast.runner(dtype)
+    elif dtype is not None:
+        net = in_precision(net, x.device.type, dtype)
     h, w = x.shape[-2:]
     if max_side is None or max(h, w) <= max_side:
         return run_padded(net, x)
@@ -138,13 +143,16 @@ def run_any_size(net: nn.Module, x: torch.Tensor, max_side: int | None = 1024, l
     return F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def _autocast(net: nn.Module, device_type: str, dtype: torch.dtype):
+def in_precision(net: nn.Module, device_type: str, dtype: torch.dtype):
     """`net` as a function of float32 images that computes in `dtype` and returns float32; on CUDA in
     channels_last, the layout its tensor cores convolve fastest."""
     def run(x: torch.Tensor) -> torch.Tensor:
         if device_type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type, dtype=dtype):
+        # No autocast weight cache: one pass uses each weight once, and clearing that global cache at the
+        # block's end took its lock and then the GIL, which deadlocked against a torch.compile tracing
+        # in another thread (the fast path's) that held the GIL and waited for the lock.
+        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
             return net(x).float()
     return run
 

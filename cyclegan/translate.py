@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import backends
 from .cli import missing_extra, prog
 from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .files import move_into_place, one_line, write_atomic
@@ -21,6 +22,10 @@ from .inference import PRECISIONS
 from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+# "auto" compiles only for jobs that repay it: on 2 idle Zen 4 cores a compile took 15-32 s (a few with a
+# warm cache) and saves 18 ms (preview) to 78 ms (paper size) a 256 px image, four times that at 512 px
+# (docs/performance.md); a video's frames are larger and many.
+PAYS_FROM = 1000  # images
 AUTHORS = "authors:"  # authors:horse2zebra = the generators the CycleGAN authors published, converted
 
 
@@ -160,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direction", choices=DIRECTIONS, default="A2B", help="A2B (default) or B2A")
     parser.add_argument("--cycle", action="store_true", help="also write F(G(x)) as NAME.rec.EXT (images)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic (default: auto)")
+    parser.add_argument("--backend", choices=backends.BACKENDS, default=os.environ.get(backends.ENV) or "auto",
+                        help="the CPU's fast path: auto (compiled for videos and folders of %d images or more, where "
+                             "measured faster), eager, or compile (default: $CYCLEGAN_BACKEND, else auto)" % PAYS_FROM)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
+        backends.backend_setting(args.backend)
         jobs = plan(args.inputs, args.out)
         if any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs):
             if message := missing_extra("video", ["av"]):  # before any work, not at the first video
@@ -172,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # DownloadError is an OSError
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
+    videos = any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs)
+    if args.device == "cpu" and (args.backend == "compile" or (args.backend == "auto" and (videos or len(jobs) >= PAYS_FROM))):
+        generators = model.generators(args.direction)
+        backends.start(list(generators if args.cycle else generators[:1]), args.backend, args.precision,
+                       blocking=True, log=lambda line: print(line, file=sys.stderr))
     failed = 0
     for source, target in tqdm(jobs, unit="file", desc="translating"):
         try:

@@ -48,10 +48,11 @@ class ServedApp(str):
 
 
 @contextlib.contextmanager
-def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", **env: str) -> Iterator[ServedApp]:
+def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", log_file: Path | None = None,
+              **env: str) -> Iterator[ServedApp]:
     """`python app.py` (or another Gradio `script`) on a free 127.0.0.1 port without network use (bundled
     weights, no Hub calls, no analytics), with extra environment variables `env`; yields its URL and stops
-    it afterwards."""
+    it afterwards. Its output goes to `log_file` where given (benchmarks/serving.py waits for lines there)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -61,7 +62,7 @@ def serve_app(startup_timeout: float = 180, script: str | Path = "app.py", **env
         if name not in env:  # the operator's settings of this machine stay out of tests and screenshots
             full_env.pop(name, None)
     # The log goes to a file: an unread pipe would fill up and block the server.
-    with tempfile.TemporaryFile("w+") as log:
+    with open(log_file, "w+") if log_file else tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
         url = ServedApp(f"http://127.0.0.1:{port}")

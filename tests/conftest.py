@@ -169,7 +169,8 @@ def server(tmp_path_factory):
     It also lists the authors' horse2zebra, whose download fails (a closed port, an empty cache).
     One server for the session: the gradio_client tests and the browser test share it."""
     from scripts.screenshot import serve_app
-    with serve_app(CYCLEGAN_MAX_SIDE="256", CYCLEGAN_MODELS="authors:horse2zebra",
+    # Eager: the fast path's compiles would take the test run's cores (tests/test_backends.py tests it).
+    with serve_app(CYCLEGAN_MAX_SIDE="256", CYCLEGAN_MODELS="authors:horse2zebra", CYCLEGAN_BACKEND="eager",
                    CYCLEGAN_AUTHORS_URL=f"http://127.0.0.1:{free_port()}",
                    XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
                    CYCLEGAN_MAX_VIDEO_PIXELS=str(TEST_VIDEO_PIXELS)) as url:

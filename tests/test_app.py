@@ -184,7 +184,7 @@ def test_an_exported_browser_page_is_linked_and_served(tmp_path):
     site = tmp_path / "site with space"
     site.mkdir()
     (site / "index.html").write_text("<!doctype html><title>CycleGAN in your browser</title>")
-    with serve_app(CYCLEGAN_WEB_DIR=str(site)) as url:
+    with serve_app(CYCLEGAN_WEB_DIR=str(site), CYCLEGAN_BACKEND="eager") as url:
         config = urllib.request.urlopen(f"{url}/config", timeout=60).read().decode()
         link = re.search(r"\[Run it in your browser\]\((/gradio_api/file=[^)]+)\)", config)
         assert link is not None, "no link to the page"

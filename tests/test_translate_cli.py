@@ -135,3 +135,12 @@ def test_authors_weights_are_converted_once_and_say_bsd(authors_server, tmp_path
     for f in (tmp_path / "cache" / "pretrained").iterdir():
         f.unlink()  # the converted folder is used from now on: no download, no conversion
     assert load_model("authors:horse2zebra").config == model.config
+
+
+def test_a_bad_backend_is_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CYCLEGAN_BACKEND", "tensorrt")
+    assert main(["--model", str(model_dir), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err == "error: CYCLEGAN_BACKEND='tensorrt': choose one of auto, eager, compile\n"
+    with pytest.raises(SystemExit):
+        main(["--model", str(model_dir), str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "tensorrt"])
+    assert "--backend: invalid choice: 'tensorrt'" in capsys.readouterr().err
