@@ -241,13 +241,13 @@ def zip_largest_domain(path: str | None) -> int | None:
     return max(sum(1 for p in names if len(p) >= 2 and p[-2] == d) for d in ("trainA", "trainB")) or None
 
 
-def estimate(zip: str | None, recipe: str, identity: bool, max_steps, crop, load, batch) -> str:
+def estimate(zip: str | None, recipe: str, identity: bool, max_steps, crop, load, batch, steps: int = 2) -> str:
     try:
         values = recipes.settings(recipe, identity, int(max_steps or 0), crop_size=crop or None,
                                   load_size=load or None, batch_size=batch or None)
     except ValueError as e:
         raise gr.Error(str(e)) from None
-    seconds = recipes.seconds_per_step(values, threads=jobs().threads)
+    seconds = recipes.seconds_per_step(values, threads=jobs().threads, steps=steps)
     largest = zip_largest_domain(zip)
     total = recipes.total_steps(values, largest) if largest else values.get("max_steps")
     where = "" if largest or values.get("max_steps") else " (the total depends on the data: upload it first)"
@@ -255,11 +255,12 @@ def estimate(zip: str | None, recipe: str, identity: bool, max_steps, crop, load
 
 
 def page_start(zip, dataset, recipe, identity, max_steps, crop, load, batch, profile: gr.OAuthProfile | None = None):
-    s = train_start(zip, dataset, recipe, identity, max_steps, profile, crop_size=crop or None,
-                    load_size=load or None, batch_size=batch or None)
-    if RECIPES[recipe].gpu and not _has_cuda() and s.get("state") in ACTIVE:
-        gr.Warning("The paper's recipe is a GPU's work: on this CPU it takes days (Estimate times it).")
-    return s
+    if RECIPES[recipe].gpu and not _has_cuda() and jobs().running() is None:  # timed before the job takes the CPU
+        check_access(profile)
+        gr.Warning(f"The paper's recipe is a GPU's work; on this CPU: "
+                   f"{estimate(zip, recipe, identity, max_steps, crop, load, batch, steps=1)}")
+    return train_start(zip, dataset, recipe, identity, max_steps, profile, crop_size=crop or None,
+                       load_size=load or None, batch_size=batch or None)
 
 
 def _has_cuda() -> bool:
