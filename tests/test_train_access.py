@@ -126,3 +126,25 @@ def test_push_uses_the_users_token_never_the_operators(monkeypatch, tmp_path):
     finally:
         train_tab.jobs.cache_clear()
     assert pushed == [("me/h2z", None), ("alice/h2z", "hf_visitor")]
+
+
+def test_the_estimate_times_steps_here_and_counts_the_zips_images(tmp_path, monkeypatch):
+    """(The Train tab's Estimate, beside its access rules: both are train_tab.py's own logic.)"""
+    import re
+    import zipfile
+
+    monkeypatch.setenv("CYCLEGAN_RUNS", str(tmp_path / "runs"))
+    train_tab.jobs.cache_clear()
+    archive = tmp_path / "mine.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(7):
+            zf.writestr(f"mine/trainA/{i}.png", b"")
+        zf.writestr("mine/trainB/0.png", b"")
+    try:
+        assert train_tab.zip_largest_domain(str(archive)) == 7
+        line = train_tab.estimate(str(archive), "preview", True, 0, 32, 36, 1, steps=1)
+        assert re.fullmatch(r"≈ \S+ s a step here: 98 steps ≈ \d+ (s|min)", line), line  # 14 epochs of 7 steps
+        assert re.fullmatch(r"≈ \S+ s a step here: 300 steps ≈ \d+ (s|min)", train_tab.estimate(None, "quick", True, 0,
+                                                                                              32, 36, 1, steps=1))
+    finally:
+        train_tab.jobs.cache_clear()
