@@ -45,6 +45,26 @@ def process_start(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]  # a zombie has ended
 
 
+def read_request(folder: Path) -> dict:
+    """What a run's job was started with (request.json); {} where there is none."""
+    try:
+        return json.loads((folder / REQUEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_request(folder: Path, request: dict) -> None:
+    write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
+
+
+def stop_requests(folder: Path) -> int:
+    """How many times Stop was asked of the run's job."""
+    try:
+        return int((folder / STOP).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def new_name(root: Path, source: str) -> str:
     """A run's name: its data's name and the time it started, unique in `root`."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", source).strip(".-_")[:40] or "run"
@@ -111,10 +131,7 @@ class Jobs:
         return status
 
     def request(self, name: str) -> dict:
-        try:
-            return json.loads((self.folder(name) / REQUEST).read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_request(self.folder(name))
 
     def model_name(self, name: str) -> str | None:
         """The name /translate accepts for the run's latest weights, once it has saved some."""
@@ -160,7 +177,7 @@ class Jobs:
                            command=recipes.command(request["shown"], f"runs/{name}", values),
                            flags=[*data, "--output", str(folder), *recipes.flags(values)])
             request["starting"] = f"starting: {request.get('data') or 'dataset ' + dataset}"
-            write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
+            write_request(folder, request)
             return self.launch(name, request["starting"])
 
     def prepare_data(self, folder: Path, zip_path: str | None, dataset: str) -> dict:
@@ -193,7 +210,7 @@ class Jobs:
             elif max_steps:
                 flags = [*flags, "--max-steps", str(max_steps)]
             request["starting"] = f"resuming from step {(read_status(folder) or {}).get('checkpoint_step') or 0}"
-            write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
+            write_request(folder, request)
             return self.launch(name, request["starting"], flags)
 
     def launch(self, name: str, message: str, flags: list[str] | None = None) -> dict:
@@ -221,12 +238,8 @@ class Jobs:
         name = self.running()
         if name is None:
             return {**self.status(), "message": "no job is running"}
-        path = self.folder(name) / STOP
-        try:
-            asked = int(path.read_text() or 0)
-        except (OSError, ValueError):
-            asked = 0
-        write_atomic(path, str(asked + 1).encode())
+        asked = stop_requests(self.folder(name))
+        write_atomic(self.folder(name) / STOP, str(asked + 1).encode())
         return {**self.status(name), "message": "stop asked: saving" if asked == 0 else "stop asked again: killing"}
 
     def wait(self, until, timeout: float, run: str | None = None, every: float = 0.25) -> dict:

@@ -51,10 +51,6 @@ class DataReport:
             skipped = f"; {len(self.skipped)} file(s) skipped ({shown})"
         return f"images: {counts}{sizes}{skipped}"
 
-    def as_dict(self) -> dict:
-        return {"images": self.images, "skipped": self.skipped, "smallest": self.smallest, "largest": self.largest,
-                "summary": self.summary()}
-
 
 def member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     """A member's path, refused where it could leave the folder it is unpacked into: absolute, a drive

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..files import one_line, write_atomic
+from ..files import one_line
 from ..runstatus import LOG, log_tail, read_status, write_status
-from .control import JOB, REQUEST, STOP, process_start
+from .control import JOB, process_start, read_request, stop_requests, write_request
 
 
 def fetch_dataset(folder: Path, flags: list[str]) -> None:
@@ -29,9 +29,7 @@ def fetch_dataset(folder: Path, flags: list[str]) -> None:
     say(folder, "preparing", f"downloading {given['--dataset']}")
     data = download_dataset(given["--dataset"], given["--data-dir"], given.get("--dataset-url", DATASETS_URL))
     report = check_folder(data, int(os.environ.get("CYCLEGAN_MAX_PIXELS", 40_000_000)), names=f"{data.name}/")
-    request = json.loads((folder / REQUEST).read_text())
-    request["data"] = report.summary()
-    write_atomic(folder / REQUEST, json.dumps(request, indent=1).encode())
+    write_request(folder, {**read_request(folder), "data": report.summary()})
     say(folder, "preparing", report.summary())
 
 
@@ -39,13 +37,6 @@ def say(folder: Path, state: str, message: str, **fields) -> None:
     status = read_status(folder) or {}
     status.update(state=state, message=message, log=log_tail(folder), updated=time.time(), **fields)
     write_status(folder, status)
-
-
-def stop_requests(folder: Path) -> int:
-    try:
-        return int((folder / STOP).read_text() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def supervise(folder: Path, flags: list[str], stop_timeout: float) -> int:
@@ -110,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Stop comes as a file; the trainer gets SIGINT from here
     try:
         previous = read_status(folder) or {}
-        request = json.loads((folder / REQUEST).read_text())
         write_status(folder, {"state": "preparing", "run": folder.name, "step": previous.get("step", 0),
-                              "total_steps": previous.get("total_steps", request.get("target", 0)),
+                              "total_steps": previous.get("total_steps", read_request(folder).get("target", 0)),
                               "checkpoint_step": previous.get("checkpoint_step"), "message": args.message,
                               "log": log_tail(folder), "updated": time.time()})
         if "--dataset" in flags:
