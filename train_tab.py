@@ -88,9 +88,9 @@ def jobs() -> Jobs:
 
 # ---- models for the Translate tab ------------------------------------------------------------
 
-def run_models() -> list[str]:
-    """The names of the runs' models, as /translate and the model list take them."""
-    return [m for m in (jobs().model_name(r) for r in jobs().runs()) if m]
+def run_models(runs: list[str]) -> list[str]:
+    """The names of these runs' models, as /translate and the model list take them."""
+    return [m for m in map(jobs().model_name, runs) if m]
 
 
 @functools.lru_cache(maxsize=4)
@@ -219,7 +219,7 @@ def view(model_choices: list[str]):
     runs = jobs().runs()
     return (progress_html(s), loss_curves(run), latest_samples(run), "\n".join((s.get("log") or [])[-8:]),
             s.get("command") or "", s.get("data") or "", gr.Dropdown(choices=runs, value=run if run in runs else None),
-            gr.Dropdown(choices=model_choices + run_models()), gr.Timer(active=s.get("state") in ACTIVE))
+            gr.Dropdown(choices=model_choices + run_models(runs)), gr.Timer(active=s.get("state") in ACTIVE))
 
 
 def recipe_text(recipe: str) -> str:
