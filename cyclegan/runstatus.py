@@ -100,7 +100,7 @@ class RunStatus:
         while len(self.pace) > 2 and now - self.pace[1][0] > 60:
             self.pace.pop(0)
         (t0, s0), (t1, s1) = self.pace[0], self.pace[-1]
-        if s1 > s0 and t1 > t0:
+        if status["state"] == "running" and s1 > s0 and t1 > t0:  # the pace of a run that goes on
             rate = (s1 - s0) / (t1 - t0)
             status["steps_per_s"] = round(rate, 4)
             status["eta_s"] = round(max(0, status["total_steps"] - step) / rate)
@@ -111,8 +111,6 @@ class RunStatus:
         self.stopped.set()
         if self.thread.is_alive():
             self.thread.join()
-        self.update(state=state, message=message)
-        if state != "running":
-            self.update(eta_s=0 if state == "finished" else None)
+        self.update(state=state, message=message, eta_s=0 if state == "finished" else None)
         self.write()
 
