@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backends.backend_setting(args.backend)
         jobs = plan(args.inputs, args.out)
-        if any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs):
+        videos = any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs)
+        if videos:
             if message := missing_extra("video", ["av"]):  # before any work, not at the first video
                 print(f"{parser.prog}: {message}", file=sys.stderr)
                 return 1
@@ -181,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # DownloadError is an OSError
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
-    videos = any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs)
     if args.device == "cpu" and (args.backend == "compile" or (args.backend == "auto" and (videos or len(jobs) >= PAYS_FROM))):
         generators = model.generators(args.direction)
         backends.start(list(generators if args.cycle else generators[:1]), args.backend, args.precision,
