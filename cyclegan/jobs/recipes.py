@@ -66,16 +66,23 @@ def command(data: list[str], output: str, values: dict) -> str:
     return shlex.join(["python", "train.py", *data, "--output", output, *flags(values)])
 
 
+def configs(values: dict):
+    """The ModelConfig and TrainConfig these settings make (the rest at their defaults)."""
+    from ..model import ModelConfig
+    from ..training import TrainConfig
+
+    return tuple(cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+                 for cls in (ModelConfig, TrainConfig))
+
+
 def seconds_per_step(values: dict, threads: int | None = None, steps: int = 2) -> float:
     """A step of these settings timed on this machine's CPU (after one untimed step), on random images
     at the crop size: the median of `steps`."""
     import torch
 
-    from ..model import ModelConfig
-    from ..training import Trainer, TrainConfig
+    from ..training import Trainer
 
-    model = ModelConfig(**{k: v for k, v in values.items() if k in ModelConfig.__dataclass_fields__})
-    config = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+    model, config = configs(values)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
@@ -95,9 +102,7 @@ def seconds_per_step(values: dict, threads: int | None = None, steps: int = 2) -
 def total_steps(values: dict, largest_domain: int) -> int:
     """The steps a job of these settings takes on a dataset whose larger training folder has this many
     images (train.py: an epoch is that many images; the schedule, then --max-steps if smaller)."""
-    from ..training import TrainConfig
-
-    config = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+    _, config = configs(values)
     steps = (config.epochs + config.decay_epochs) * max(1, largest_domain // config.batch_size)
     return min(steps, config.max_steps) if config.max_steps else steps
 
