@@ -302,8 +302,9 @@ def push_run(run: str | None, repo_id: str, profile: gr.OAuthProfile | None = No
     return f"Pushed {run} to [{html.escape(repo_id.strip())}]({url})"
 
 
-def build(model: gr.Dropdown, model_choices: list[str]) -> None:
-    """The Train tab, inside the app's Blocks; `model` is the Translate tab's model list."""
+def build(model: gr.Dropdown, model_choices: list[str]):
+    """The Train tab, inside the app's Blocks; `model` is the Translate tab's model list. Returns the
+    refresh function and what it updates, for the page's load event."""
     from cyclegan.training import TrainConfig
 
     def sizes(key: str) -> list[int]:
@@ -311,6 +312,10 @@ def build(model: gr.Dropdown, model_choices: list[str]) -> None:
         showed 0 in red, below their minimum, and Start refused them)."""
         values = {**vars(TrainConfig()), **recipes.settings(key)}
         return [values["crop_size"], values["load_size"], values["batch_size"]]
+
+    def number(value: int, label: str, key: str) -> gr.Number:
+        low, high = recipes.BOUNDS[key]  # the bounds settings() holds a start to
+        return gr.Number(value, label=label, precision=0, minimum=low, maximum=high)
 
     with gr.Tab("Train", id="train"):
         if login_required():
@@ -326,9 +331,8 @@ def build(model: gr.Dropdown, model_choices: list[str]) -> None:
                 recipe_info = gr.Markdown(recipe_text("quick"))
                 with gr.Row(elem_id="train-numbers"):
                     steps = gr.Number(0, label="steps (0: the recipe's)", precision=0, minimum=0)
-                    crop = gr.Number(sizes("quick")[0], label="crop size", precision=0, minimum=32, maximum=512)
-                    load = gr.Number(sizes("quick")[1], label="load size", precision=0, minimum=32, maximum=1024)
-                    batch = gr.Number(sizes("quick")[2], label="batch", precision=0, minimum=1, maximum=16)
+                    crop, load, batch = (number(v, label, key) for v, label, key in zip(
+                        sizes("quick"), ("crop size", "load size", "batch"), ("crop_size", "load_size", "batch_size")))
                 identity = gr.Checkbox(True, label="identity loss")
                 with gr.Row():
                     estimate_button = gr.Button("Estimate")
