@@ -473,8 +473,8 @@ def build_demo() -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    # SIGTERM (a Space's or a test's stop): WORK removed, then out at once; an interpreter shutdown while
-    # the fast path compiles in its thread aborts ("terminate called without an active exception").
+    # SIGTERM (a Space's or a test's stop): WORK removed, then out at once (a fast-path compile running in
+    # its child process ends with this one).
     signal.signal(signal.SIGTERM, lambda *_: (WORK.cleanup(), os._exit(0)))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
     # System fonts: the page then needs no web fonts, offline included, and renders every glyph.

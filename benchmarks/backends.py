@@ -1,6 +1,7 @@
 """The roofline of the generator on the CPU: each backend's GFLOP/s beside the matrix-multiply peak
 measured in the same run, with the same threads. Eager (float32, and bf16 where the CPU has it in
-hardware), torch.compile through the fast path the app uses (cyclegan/backends.py), ONNX Runtime on the
+hardware), AOTInductor through the fast path the app uses (cyclegan/backends.py), torch.compile in the
+process (dynamic shapes; static: a compile per size), ONNX Runtime on the
 project's own ONNX export and, where the CPU has VNNI, int8 (ONNX Runtime static quantization). Both
 model sizes, one image at 256 and 512 px, timed interleaved; speed-up against eager float32 and 8-bit
 PSNR against it; the share of the cores other processes used (a run under load is marked as such); a
@@ -8,7 +9,7 @@ markdown table and benchmarks/backends.json.
 
     python benchmarks/backends.py --data ../shared/datasets/horse2zebra   # ~10 min on 2 idle Zen 4 cores
     python benchmarks/backends.py --quick                                  # fewer repeats
-    python benchmarks/backends.py --quick --backends "eager bf16,torch.compile bf16"
+    python benchmarks/backends.py --quick --backends "eager bf16,AOTInductor bf16"
     python benchmarks/backends.py --int8 yes   # int8 even without VNNI (its accuracy; its speed says nothing there)
 
 A backend is worth adopting (issue 27) when it is >= 1.2x faster than eager float32 at >= 45 dB on both
@@ -40,13 +41,13 @@ from PIL import Image  # noqa: E402
 from benchmarks.core import PREVIEW, compare_8bit, machine_info, photos, sample_photo, table, timed  # noqa: E402
 from benchmarks.sections.inference import trained_briefly  # noqa: E402
 from cyclegan import CycleGAN  # noqa: E402
+from cyclegan.backends import FastPath, load_package  # noqa: E402
 from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.export_onnx import export  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
-from cyclegan.backends import FastPath  # noqa: E402
 from cyclegan.inference import cpu_has_native_bf16, in_precision, run_any_size  # noqa: E402
 
-BACKENDS = ("eager fp32", "eager bf16", "torch.compile fp32", "torch.compile bf16", "onnxruntime",
+BACKENDS = ("eager fp32", "eager bf16", "AOTInductor fp32", "AOTInductor bf16", "torch.compile bf16", "onnxruntime",
             "onnxruntime int8", "torch.compile bf16 static")  # the last: static shapes, a compile per size
 FIELDS = ("model", "size", "backend", "min_ms", "median_ms", "n", "speedup", "psnr_db", "max_levels",
           "within_1_level")
@@ -188,19 +189,23 @@ class CpuShare:
 
 def runners(model: CycleGAN, backends: list[str], data: Path, folder: Path, sizes: list[int],
             threads: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Each backend as a function of one image: eager through run_any_size, torch.compile through the
-    fast path the app uses (cyclegan.backends: dynamic shapes, compiled before it is timed)."""
+    """Each backend as a function of one image: eager through run_any_size, AOTInductor through the fast
+    path the app uses (cyclegan.backends: a package from its cache, compiled first where missing),
+    torch.compile in this process (dynamic shapes, or static: a compile per size)."""
     G = model.G_AB.eval()
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for name in backends:
         precision = "bf16" if "bf16" in name else "fp32"
         if name.startswith("eager"):
             out[name] = lambda x, p=precision: run_any_size(G, x, max_side=None, precision=p)
-        elif name.endswith("static"):
-            out[name] = torch.inference_mode()(torch.compile(in_precision(G, "cpu", torch.bfloat16), dynamic=False))
-        elif name.startswith("torch.compile"):
-            fast = FastPath(G, torch.bfloat16 if precision == "bf16" else None, blocking=True)
+        elif name.startswith("AOTInductor"):
+            fast, start = FastPath(G, torch.bfloat16 if precision == "bf16" else None), time.perf_counter()
+            fast.compiled, _ = load_package(fast)
+            print(f"({name}: its package ready in {time.perf_counter() - start:.0f} s)")
             out[name] = torch.inference_mode()(fast)
+        elif name.startswith("torch.compile"):
+            net = G if precision == "fp32" else in_precision(G, "cpu", torch.bfloat16)
+            out[name] = torch.inference_mode()(torch.compile(net, dynamic=not name.endswith("static")))
     if "onnxruntime" in backends or "onnxruntime int8" in backends:
         start = time.perf_counter()
         path = export_onnx(model, folder)

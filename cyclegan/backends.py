@@ -1,13 +1,27 @@
-"""The fast path of long-lived processes (the app, videos, large folders): generators compiled with
-torch.compile where that is measured faster than eager on this machine. A compile takes 10-30 s, so
-in the app it runs in a background thread at the lowest priority while eager serves; its kernels are
-cached on disk, so a restart only traces the model again."""
+"""The fast path of long-lived processes (the app, videos, large folders): each generator compiled ahead
+of time by AOTInductor (torch.export, then Inductor's C++ in a shared library) where that is measured
+faster than eager on this machine. The compile takes 20-60 s a generator and runs in a child process at
+the lowest priority, so the process that serves never runs a compiler: it serves eager until the package
+is ready, then loads it in milliseconds. Packages are cached on disk under a key of the weights, the
+precision, torch and the CPU, so a restart loads them at once.
+
+    python -m cyclegan.backends WEIGHTS.safetensors PACKAGE.pt2   # the child: compile, time, write
+"""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import json
 import math
 import os
-import queue
+import platform
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -15,18 +29,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
-from torch.fx.experimental import _config as fx_config
 
-from .files import one_line
+from .files import move_into_place, one_line, write_atomic
 from .inference import FAST_PATHS, autocast_dtype, in_precision
+from .networks import Generator
 
 BACKENDS = ("auto", "eager", "compile")
 ENV = "CYCLEGAN_BACKEND"
+NAME = "AOTInductor"
 MEASURE_SIZE = 256  # px: the app's usual size; the choice is made on one such image
-SWITCH_INTERVAL = 0.0005  # s: the GIL's turns while the fast path compiles (Python's default: 0.005)
-MARGIN = 0.95  # "auto" compiles only when the compiled call takes at most this fraction of eager's time
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cyclegan-kit" / "torchinductor"
+MARGIN = 0.95  # "auto" keeps a package only where its call takes at most this fraction of eager's time
+MAX_SIDE = 4096  # a package takes (1, C, H, W), H and W multiples of 4 from 8 to MAX_SIDE
+KEEP = 16  # packages the cache keeps, the most recently used
+CACHE_ENV = "CYCLEGAN_COMPILE_CACHE"  # the packages' folder; by default in the user's cache folder
 
 
 def backend_setting(value: str | None = None) -> str:
@@ -37,26 +55,16 @@ def backend_setting(value: str | None = None) -> str:
     return value
 
 
-# One thread at a time in dynamo's code: a replay in one thread while another compiles (any generator)
-# waited for that compile, minutes in all, and once never returned. A request that finds it taken runs
-# eager rather than wait (with CYCLEGAN_CONCURRENCY > 1, all but one of the requests at a time do).
-DYNAMO = threading.Lock()
-
-
 class FastPath:
-    """One generator's compiled twin in one precision (dtype None: float32), which `run_any_size` calls
-    instead of the generator. Compiles happen only in `compile_shape`: a call replays the compiled code
-    where its guards accept the shape and runs eager where they do not, while (unless `blocking`) that
-    shape is compiled in the background. Shapes are dynamic, so one compile covers a class of sizes and
-    an image is always translated whole, as eager translates it."""
+    """One generator and, once its package is loaded, its compiled twin in one precision (dtype None:
+    float32), which `run_any_size` calls instead of the generator. Until then, for a shape the package
+    does not take, on another device, or where it is off (`off` says why), the call runs eager."""
 
-    def __init__(self, net: nn.Module, dtype: torch.dtype | None, blocking: bool = False) -> None:
-        self.net, self.dtype, self.blocking = net, dtype, blocking
+    def __init__(self, net: nn.Module, dtype: torch.dtype | None) -> None:
+        self.net, self.dtype = net, dtype
         self.eager = net if dtype is None else in_precision(net, "cpu", dtype)
-        self.compiled = torch.compile(self.eager, dynamic=True)
-        self.replay = torch._dynamo.run(self.eager)  # dynamo's cached code only: never compiles
-        self.seen: set[tuple] = set()
-        self.off: str | None = None  # why this generator stays eager
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.off: str | None = None
 
     def runner(self, dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
         if dtype == self.dtype:
@@ -64,24 +72,182 @@ class FastPath:
         return self.net if dtype is None else in_precision(self.net, "cpu", dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.off is not None or x.device.type != "cpu":
+        compiled = self.compiled
+        if compiled is None or not self.takes(x):
             return self.eager(x)
-        shape = tuple(x.shape)
-        if shape not in self.seen:
-            self.seen.add(shape)
-            if self.blocking:
-                compile_shape(self, shape)
-            else:
-                background(lambda: compile_shape(self, shape))
-        if DYNAMO.acquire(blocking=self.blocking):
-            try:
-                # The compiled code's guards accept what compile_shape gave it: a contiguous tensor made in
-                # inference mode. An image from to_tensor is a channels-last view made outside it, which
-                # would run eager: copied instead (0.1 ms at 256 px).
-                return self.replay(x.clone(memory_format=torch.contiguous_format))
-            finally:
-                DYNAMO.release()
-        return self.eager(x)
+        # The compiled code indexes a contiguous tensor and checks neither its strides nor its shape. It
+        # takes one image (a dynamic batch cost 5 % at 256 px); instance norm is per image, so a batch
+        # (run_tiled's tiles) runs one image at a time and gives what it gives whole.
+        x = x.contiguous()
+        return torch.cat([compiled(image) for image in x.split(1)]) if len(x) > 1 else compiled(x)
+
+    def takes(self, x: torch.Tensor) -> bool:
+        if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        c, h, w = x.shape[1:]
+        return (c == self.net.init_args["in_channels"]
+                and all(8 <= side <= MAX_SIDE and side % 4 == 0 for side in (h, w)))
+
+
+def start(nets: list[nn.Module], backend: str | None = None, precision: str = "auto", blocking: bool = False,
+          log: Callable[[str], object] = print) -> str:
+    """Put `nets` (generators on the CPU) on the fast path `backend` (see `backend_setting`) for
+    `precision`. Returns the backend: "eager" does nothing; "compile" loads a package for each net,
+    compiling the missing ones; "auto" does so and keeps a package only where it was measured faster
+    than eager. In a background thread unless `blocking`; `log` gets a line when a compile starts and
+    one when the choice is made, naming it and how long it took."""
+    backend = backend_setting(backend)
+    if backend == "eager" or not nets:
+        return "eager"
+    paths = [FastPath(net, autocast_dtype(precision, "cpu", net)) for net in nets]
+    for net, fast in zip(nets, paths):
+        FAST_PATHS[net] = fast
+    if blocking:
+        prepare(paths, backend, log)
+    else:
+        threading.Thread(target=prepare, args=(paths, backend, log), name="fast-path", daemon=True).start()
+    return backend
+
+
+def prepare(paths: list[FastPath], backend: str, log: Callable[[str], object]) -> None:
+    """Load (compiling where missing) each path's package, keep it where `backend` says to, log one line."""
+    start_time = time.perf_counter()
+    packages = [package_path(fast) for fast in paths]
+    missing = len({p for p in packages if not p.with_suffix(".json").exists()})
+    if missing:
+        log(f"fast path: compiling {missing} generator{'s' * (missing > 1)} with {NAME} in a child process "
+            f"(once: cached in {cache_dir()})")
+    timings = []
+    for fast, package in zip(paths, packages):
+        try:
+            compiled, timing = load_package(fast, package)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:  # no C++ compiler, an unsupported CPU, a bad file
+            fast.off = f"{NAME} failed: {one_line(e, 300)}"
+            warn_once(f"fast path off, translating eager: {fast.off}")
+            continue
+        timings.append(timing)
+        if backend == "auto" and timing["compiled_ms"] > MARGIN * timing["eager_ms"]:
+            fast.off = f"{NAME} was not faster here ({describe(timing)})"
+        else:
+            fast.compiled = compiled
+    took = time.perf_counter() - start_time
+    on = [fast for fast in paths if fast.compiled is not None]
+    if on:
+        log(f"fast path ready: {NAME}, {took:.0f} s ({len(on)} generator{'s' * (len(on) > 1)}; {describe(timings[0])})")
+    else:
+        log(f"fast path: eager ({paths[0].off}), after {took:.0f} s")
+
+
+def load_package(fast: FastPath, package: Path | None = None) -> tuple[Callable, dict]:
+    """`fast`'s compiled generator and its timing (see `main`), from the cache, compiled first where it
+    is missing. A file that fails to load is deleted, so that the next start compiles it again."""
+    package = package or package_path(fast)
+    try:
+        if not package.with_suffix(".json").exists():
+            compile_in_child(fast.net, fast.dtype, package)
+        timing = json.loads(package.with_suffix(".json").read_text())
+        compiled = torch._inductor.aoti_load_package(str(package))
+    except BaseException:
+        for path in (package, package.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+        raise
+    os.utime(package)  # recently used: the last the cache forgets
+    return compiled, timing
+
+
+def describe(timing: dict) -> str:
+    return (f"{timing['compiled_ms']:.0f} ms against eager's {timing['eager_ms']:.0f} ms "
+            f"a {timing['size']} px call")
+
+
+def package_path(fast: FastPath) -> Path:
+    """Where `fast`'s package is cached: a key of everything the compiled code depends on (the
+    architecture and weights, the precision, torch, Python, and the CPU's model and instruction sets:
+    a package built for AVX-512 must not run where there is none)."""
+    digest = hashlib.sha256()
+    parts = [torch.__version__, sys.version, platform.machine(), cpu_description(), str(fast.dtype),
+             json.dumps(fast.net.init_args, sort_keys=True), f"{MAX_SIDE} {MEASURE_SIZE}"]
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    for name, tensor in sorted(fast.net.state_dict().items()):
+        digest.update(f"{name} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return cache_dir() / f"{digest.hexdigest()[:32]}.pt2"
+
+
+def cache_dir() -> Path:
+    if folder := os.environ.get(CACHE_ENV):
+        return Path(folder)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cyclegan-kit" / "aoti"
+
+
+def cpu_description() -> str:
+    """The CPU's model name and flags (Linux), else what `platform` knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    wanted = [next((line for line in lines if line.startswith(field)), "") for field in ("model name", "flags")]
+    return "\n".join(wanted)
+
+
+def compile_in_child(net: nn.Module, dtype: torch.dtype | None, package: Path) -> None:
+    """Compile `net` for `dtype` into `package`, and its timing into the .json beside it, in a child
+    process (`main`) at the lowest priority. A RuntimeError with the child's last line if it fails."""
+    package.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=package.parent, prefix=".compile-") as tmp:
+        weights = Path(tmp) / "generator.safetensors"
+        save_file({k: v.detach().float().contiguous() for k, v in net.state_dict().items()}, weights,
+                  metadata={"init_args": json.dumps(net.init_args), "dtype": dtype_name(dtype)})
+        here = str(Path(__file__).resolve().parents[1])  # cyclegan's own copy, installed or not
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"),
+                   PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-m", "cyclegan.backends", str(weights), str(package)],
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1].strip() if lines else f"the compiler's process ended with {done.returncode}")
+    forget_old(package.parent)
+
+
+def forget_old(folder: Path, keep: int = KEEP) -> None:
+    """Delete all but the `keep` most recently used packages in `folder` (each retrained model adds one),
+    and the temp folders of compiles that were killed more than a day ago."""
+    packages = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for package in packages[keep:]:
+        package.unlink(missing_ok=True)
+        package.with_suffix(".json").unlink(missing_ok=True)
+    for tmp in folder.glob(".compile-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > 86400:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+class InPrecision(nn.Module):
+    """`net` computing in `dtype` on float32 images, as `in_precision` runs it, as a module to export."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype, cache_enabled=False):
+            return self.net(x).float()
+
+
+def compile_package(net: nn.Module, dtype: torch.dtype | None, package: Path) -> Path:
+    """torch.export `net` (in `dtype`) for one image with dynamic sides that are multiples of 4, then
+    compile it with AOTInductor into `package`."""
+    module = (net if dtype is None else InPrecision(net, dtype)).eval()
+    height, width = (torch.export.Dim(side, min=2, max=MAX_SIDE // 4) for side in ("height4", "width4"))
+    x = sample((1, net.init_args["in_channels"], 64, 64))
+    with torch.no_grad():
+        program = torch.export.export(module, (x,), dynamic_shapes={"x": {2: 4 * height, 3: 4 * width}})
+    return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(package)))
 
 
 def sample(shape: tuple) -> torch.Tensor:
@@ -89,32 +255,16 @@ def sample(shape: tuple) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def compile_shape(fast: FastPath, shape: tuple) -> float:
-    """Compile `fast` for `shape` (a first call: a plain pass where the compiled code already covers
-    it) and return the seconds it took. A failure turns this generator's fast path off, with one warning."""
-    start = time.perf_counter()
-    fast.seen.add(shape)
-    with DYNAMO, fx_config.patch(use_duck_shape=False):  # H == W must not become a guard
-        if fast.off is None:
-            try:
-                fast.compiled(sample(shape))
-            except Exception as e:  # no C++ compiler, an unsupported CPU, an inductor bug: eager stays
-                fast.off = f"torch.compile failed: {one_line(e, 300)}"
-                warn_once(f"fast path off, translating eager: {fast.off}")
-    return time.perf_counter() - start
-
-
-@torch.inference_mode()
-def time_call(fast: FastPath, shape: tuple, rounds: int = 3) -> tuple[float, float]:
-    """Seconds a call of eager and of the compiled twin on one image of `shape`, best of `rounds`
-    interleaved rounds (the compiled one already warm)."""
+def time_calls(eager: Callable, compiled: Callable, shape: tuple, rounds: int = 3) -> tuple[float, float]:
+    """Seconds a call of `eager` and of `compiled` on one image of `shape`, best of `rounds` interleaved
+    rounds after one warm-up each."""
     x, best = sample(shape), [math.inf, math.inf]
-    for _ in range(rounds):
-        for i, run in enumerate((fast.eager, fast.replay)):
+    for round_ in range(rounds + 1):
+        for i, run in enumerate((eager, compiled)):
             start = time.perf_counter()
-            with DYNAMO:
-                run(x)
-            best[i] = min(best[i], time.perf_counter() - start)
+            run(x)
+            if round_:
+                best[i] = min(best[i], time.perf_counter() - start)
     return best[0], best[1]
 
 
@@ -127,85 +277,46 @@ def warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
-_jobs: queue.Queue[Callable[[], object]] = queue.Queue()
-_worker: list[threading.Thread] = []
-
-
-def background(job: Callable[[], object]) -> None:
-    """Run `job` in the one background thread, after the jobs before it."""
-    if not _worker:
-        _worker.append(threading.Thread(target=_work, name="fast-path", daemon=True))
-        _worker[0].start()
-    _jobs.put(job)
-
-
-def _work() -> None:
-    # The lowest priority for this thread alone (Linux: a thread id is a process id to setpriority),
-    # and for the compiler processes it starts: a request's eager pass keeps the cores.
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
-    interval = sys.getswitchinterval()
-    while True:
-        job = _jobs.get()
-        # A compile is mostly Python (tracing, code generation) and holds the GIL between a request's
-        # operations: each of them can wait a switch interval (5 ms) to get it back. Shorter turns while
-        # compiling; the default once idle.
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        try:
-            job()
-        finally:
-            if _jobs.empty():
-                sys.setswitchinterval(interval)
-
-
-def start(nets: list[nn.Module], backend: str | None = None, precision: str = "auto", blocking: bool = False,
-          size: int = MEASURE_SIZE, log: Callable[[str], object] = print) -> str:
-    """Put `nets` (generators on the CPU) on the fast path `backend` (see `backend_setting`) for
-    `precision`. Returns the backend: "eager" does nothing; "compile" compiles; "auto" compiles and
-    keeps the compiled twins only where a `size`-px call is measured faster than eager. In the
-    background unless `blocking`; `log` gets one line when the choice is made, naming it and its time."""
-    backend = backend_setting(backend)
-    if backend == "eager" or not nets:
-        return "eager"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))  # a restart reuses the kernels
-    # Each precision, architecture and class of sizes is one entry of dynamo's cache for
-    # Generator.forward: room for more than its default of 8.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    paths = [FastPath(net, autocast_dtype(precision, "cpu", net), blocking) for net in nets]
-    for net, fast in zip(nets, paths):
-        FAST_PATHS[net] = fast
-    job = lambda: choose(paths, backend, (1, 3, size, size), log)  # noqa: E731
-    if blocking:
-        job()
-    else:
-        background(job)
-    return backend
-
-
-def choose(paths: list[FastPath], backend: str, shape: tuple, log: Callable[[str], object]) -> None:
-    """Compile every generator at `shape`, then ("auto") time one of each kind against eager and turn
-    the fast path off where it is not faster; log one line."""
-    start = time.perf_counter()
-    for fast in paths:
-        compile_shape(fast, shape)
-    took = time.perf_counter() - start
-    on = [f for f in paths if f.off is None]
-    if not on:
-        log(f"fast path: eager ({paths[0].off}), after {took:.0f} s")
-        return
-    eager_s, compiled_s = time_call(on[0], shape)
-    timing = f"{compiled_s * 1000:.0f} ms against eager's {eager_s * 1000:.0f} ms a {shape[-1]} px call"
-    if backend == "auto" and compiled_s > MARGIN * eager_s:
-        for fast in on:
-            fast.off = f"torch.compile was not faster here ({timing})"
-        log(f"fast path: eager (torch.compile took {timing}), decided in {took:.0f} s")
-        return
-    log(f"fast path ready: torch.compile, {took:.0f} s ({len(on)} generators; {timing})")
-
-
 def stop(nets: list[nn.Module]) -> None:
     """Take `nets` off the fast path (eager again)."""
     for net in nets:
         FAST_PATHS.pop(net, None)
+
+
+def lowest_priority() -> None:
+    """This process at the lowest CPU priority, and ended when its parent ends (Linux)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cyclegan.backends",
+                                     description="Compile one generator with AOTInductor (the fast path's child).")
+    parser.add_argument("weights", type=Path, help="the generator: a safetensors file with init_args and dtype")
+    parser.add_argument("package", type=Path, help="the .pt2 to write; its timing goes to the .json beside it")
+    args = parser.parse_args(argv)
+    lowest_priority()
+    with safe_open(args.weights, "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    net = Generator(**json.loads(meta["init_args"]))
+    net.load_state_dict(state)
+    net.eval()
+    dtype = None if meta["dtype"] == "float32" else getattr(torch, meta["dtype"])
+    start = time.perf_counter()
+    tmp = compile_package(net, dtype, args.weights.with_suffix(".pt2"))  # in the parent's temp folder
+    compile_s = time.perf_counter() - start
+    eager = net if dtype is None else in_precision(net, "cpu", dtype)
+    compiled = torch._inductor.aoti_load_package(str(tmp))
+    eager_s, compiled_s = time_calls(eager, compiled, (1, net.init_args["in_channels"], MEASURE_SIZE, MEASURE_SIZE))
+    move_into_place(tmp, args.package)
+    timing = {"eager_ms": eager_s * 1000, "compiled_ms": compiled_s * 1000, "size": MEASURE_SIZE,
+              "compile_s": compile_s, "dtype": meta["dtype"], "torch": torch.__version__}
+    write_atomic(args.package.with_suffix(".json"), json.dumps(timing, indent=1).encode(), durable=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -149,9 +149,7 @@ def in_precision(net: nn.Module, device_type: str, dtype: torch.dtype):
     def run(x: torch.Tensor) -> torch.Tensor:
         if device_type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        # No autocast weight cache: one pass uses each weight once, and clearing that global cache at the
-        # block's end took its lock and then the GIL, which deadlocked against a torch.compile tracing
-        # in another thread (the fast path's) that held the GIL and waited for the lock.
+        # No autocast weight cache: one pass uses each weight once.
         with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
             return net(x).float()
     return run

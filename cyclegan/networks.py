@@ -56,6 +56,9 @@ class Generator(nn.Module):
     def __init__(self, ngf: int = 64, n_blocks: int = 9, in_channels: int = 3, out_channels: int = 3,
                  affine_norm: bool = False) -> None:
         super().__init__()
+        # What a copy in another process (the fast path's compiler) is built from.
+        self.init_args = dict(ngf=ngf, n_blocks=n_blocks, in_channels=in_channels, out_channels=out_channels,
+                              affine_norm=affine_norm)
         # Instance norm keeps no running stats and, unless affine_norm, has no scale or shift
         # (PyTorch's defaults), so every convolution keeps its bias, as in the authors' code.
         def norm(channels: int) -> InstanceNorm2d:

@@ -1,9 +1,12 @@
 """The fast path (cyclegan/backends.py) and ZeroGPU (cyclegan/zerogpu.py): a compiled generator computes what
-eager computes; a compile never blocks a call; a failed compile leaves eager with one warning; "auto" keeps
-the compiled generator only where it was measured faster. One real compile (a tiny generator, one class
-of shapes); the rest swaps torch.compile for stand-ins. Speed is measured by benchmarks/, never here."""
+eager computes, odd sizes and tiles included; a package is cached and reused; a compile never blocks a
+call; a failed compile leaves eager with one warning; "auto" keeps a package only where it was measured
+faster. One real compile (a tiny generator in bf16, in the child process) and one real failed one (no C++
+compiler); the rest swaps the packages for stand-ins. Speed is measured by benchmarks/, never here."""
 from __future__ import annotations
 
+import copy
+import json
 import re
 import threading
 import types
@@ -17,11 +20,29 @@ from cyclegan.inference import run_any_size
 from tests.conftest import psnr
 
 
+def tiny(seed: int = 0) -> CycleGAN:
+    return CycleGAN(ModelConfig(ngf=4, ndf=4, n_blocks=1, n_layers=1)).init_weights(seed=seed).eval()
+
+
 @pytest.fixture
-def nets():
-    model = CycleGAN(ModelConfig(ngf=4, ndf=4, n_blocks=1, n_layers=1)).init_weights(seed=0).eval()
+def nets(tmp_path, monkeypatch):
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "_warned", set())
+    model = tiny()
     yield [model.G_AB, model.G_BA]
     backends.stop([model.G_AB, model.G_BA])
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """A tiny generator compiled in bf16 for real (about 25 s), its cache folder and the lines logged."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("cache")
+        patch.setenv(backends.CACHE_ENV, str(cache))
+        G, lines = tiny().G_AB, []
+        assert backends.start([G], "compile", precision="bf16", blocking=True, log=lines.append) == "compile"
+        yield G, cache, lines
+        backends.stop([G])
 
 
 def image(h: int = 37, w: int = 50) -> torch.Tensor:
@@ -38,76 +59,107 @@ def test_backend_setting(monkeypatch):
         backends.backend_setting()
 
 
-def test_compiled_generator_translates_odd_sizes_as_eager_does(nets):
-    G = nets[0]
-    x = image()  # 37×50: padded to 40×52 and cropped back, as eager does
-    eager = run_any_size(G, x, precision="fp32")
+def test_compiled_generator_translates_odd_sizes_and_tiles_as_eager_does(compiled, monkeypatch):
+    G, cache, lines = compiled
+    assert len(lines) == 2 and lines[0].startswith("fast path: compiling 1 generator with AOTInductor"), lines
+    assert re.fullmatch(r"fast path ready: AOTInductor, \d+ s \(1 generator; \d+ ms against eager's \d+ ms a "
+                        r"256 px call\)", lines[1]), lines
+    fast_path, plain = backends.FAST_PATHS[G], copy.deepcopy(G)  # the copy is not on the fast path: eager
+    assert fast_path.dtype == torch.bfloat16 and fast_path.compiled is not None
+    package, calls = fast_path.compiled, []
+    monkeypatch.setattr(fast_path, "compiled", lambda x: (calls.append(tuple(x.shape)), package(x))[1])
+    cases = [(image(), {}), (image(8, 8), {}), (image(5, 3), {}),  # padded to multiples of 4, cropped back
+             (image(90, 130), {"max_side": 64, "tile": 48, "overlap": 8})]  # tiles, run four at a time
+    for x, options in cases:
+        fast = run_any_size(G, x, precision="bf16", **options)
+        assert fast.shape == x.shape
+        assert psnr(fast, run_any_size(plain, x, precision="fp32", **options)) >= 45, x.shape  # eager float32
+        assert psnr(fast, run_any_size(plain, x, precision="bf16", **options)) >= 45, x.shape
+    assert calls[:3] == [(1, 3, 40, 52), (1, 3, 8, 8), (1, 3, 8, 8)] and set(calls[3:]) == {(1, 3, 48, 48)}
+    first = fast_path(image(36, 52))
+    kept = first.clone()
+    fast_path(image(40, 40))
+    assert torch.equal(first, kept)  # a result is not a buffer the next call writes over
+
+
+def test_a_package_is_cached_by_weights_and_precision(compiled, monkeypatch):
+    G, cache, _ = compiled
+    (package,) = cache.glob("*.pt2")
+    timing = json.loads(package.with_suffix(".json").read_text())
+    assert timing["size"] == 256 and timing["dtype"] == "bfloat16" and timing["compiled_ms"] > 0
+    monkeypatch.setattr(backends, "compile_in_child", lambda *_: pytest.fail("compiled again"))
     lines = []
-    assert backends.start([G], "compile", precision="fp32", blocking=True, size=32, log=lines.append) == "compile"
-    assert lines[0].startswith("fast path ready: torch.compile, ") and "1 generators" in lines[0], lines
-    compiled = run_any_size(G, x, precision="fp32")
-    assert compiled.shape == eager.shape
-    assert psnr(compiled, eager) >= 45
-    assert backends.FAST_PATHS[G].seen == {(1, 3, 32, 32), (1, 3, 40, 52)}
+    backends.start([G], "compile", precision="bf16", blocking=True, log=lines.append)  # a restart
+    assert len(lines) == 1 and lines[0].startswith("fast path ready: AOTInductor, 0 s"), lines
+    assert backends.FAST_PATHS[G].compiled is not None
+    fast = backends.FAST_PATHS[G]
+    other = tiny(seed=1).G_AB
+    assert backends.package_path(fast) == package
+    assert backends.package_path(backends.FastPath(other, torch.bfloat16)) != package  # other weights
+    assert backends.package_path(backends.FastPath(G, None)) != package  # float32
 
 
-def stand_in(monkeypatch, compiled):
-    """torch.compile replaced by `compiled(fn)`; dynamo's replay by the eager function itself."""
-    monkeypatch.setattr(backends.torch, "compile", lambda fn, **_: compiled(fn))
-    monkeypatch.setattr(backends.torch._dynamo, "run", lambda fn: fn)
-    monkeypatch.setattr(backends, "_warned", set())
+def test_a_shape_the_package_does_not_take_runs_eager(nets):
+    fast = backends.FastPath(nets[0], None)
+    fast.compiled = lambda x: pytest.fail(f"compiled code called on {tuple(x.shape)}")
+    for x in (image(36, 50), torch.rand(1, 3, 4, 8), torch.rand(1, 3, 8, 4100), image(36, 52).double(),
+              torch.rand(3, 36, 52)):
+        assert not fast.takes(x)
+    x = image(36, 52)
+    assert fast.takes(x) and fast.takes(x.contiguous(memory_format=torch.channels_last))
+    with torch.inference_mode():
+        assert torch.equal(fast(image(36, 50)), nets[0](image(36, 50)))
 
 
 def test_a_failed_compile_leaves_eager_with_one_warning(nets, monkeypatch):
-    def broken(fn):
-        def run(x):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-        return run
-    stand_in(monkeypatch, broken)
+    monkeypatch.setenv("CXX", "/nonexistent/g++")  # the C++ compiler Inductor calls, in the child process
     eager = [run_any_size(G, image(), precision="fp32") for G in nets]
     lines = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        backends.start(nets, "compile", precision="fp32", blocking=True, size=16, log=lines.append)
+        backends.start(nets[:1], "compile", precision="fp32", blocking=True, log=lines.append)
         outputs = [run_any_size(G, image(), precision="fp32") for G in nets]
-    assert [str(w.message) for w in caught] == [
-        "fast path off, translating eager: torch.compile failed: InvalidCxxCompiler: No working C++ compiler found"]
-    assert len(lines) == 1 and re.fullmatch(r"fast path: eager \(torch\.compile failed: InvalidCxxCompiler: No working "
-                                            r"C\+\+ compiler found\), after \d+ s", lines[0]), lines
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and messages[0].startswith("fast path off, translating eager: AOTInductor failed: ")
+    assert "/nonexistent/g++" in messages[0] or "compiler" in messages[0].lower(), messages
+    assert len(lines) == 2 and re.fullmatch(r"fast path: eager \(AOTInductor failed: .+\), after \d+ s", lines[1]), lines
     assert all(torch.equal(a, b) for a, b in zip(outputs, eager))
+    assert list(backends.cache_dir().glob("*.pt2")) == [] and list(backends.cache_dir().glob(".compile-*")) == []
 
 
-@pytest.mark.parametrize("compiled_s, kept", [(0.5, True), (0.99, False)])
-def test_auto_keeps_the_compiled_generator_only_where_measured_faster(nets, monkeypatch, compiled_s, kept):
-    stand_in(monkeypatch, lambda fn: fn)
-    monkeypatch.setattr(backends, "time_call", lambda fast, shape: (1.0, compiled_s))
+def stand_in(monkeypatch, compiled_ms: float = 500, wait: threading.Event | None = None):
+    """Packages replaced by the generator itself, "timed" at `compiled_ms` against eager's 1000 ms; with
+    `wait`, loading one takes until that event is set."""
+    def load(fast, package=None):
+        assert wait is None or wait.wait(60)
+        return fast.eager, {"eager_ms": 1000, "compiled_ms": compiled_ms, "size": 256}
+    monkeypatch.setattr(backends, "load_package", load)
+
+
+@pytest.mark.parametrize("compiled_ms, kept", [(500, True), (990, False)])
+def test_auto_keeps_a_package_only_where_measured_faster(nets, monkeypatch, compiled_ms, kept):
+    stand_in(monkeypatch, compiled_ms)
     lines = []
-    backends.start(nets, "auto", precision="fp32", blocking=True, size=16, log=lines.append)
-    assert all((backends.FAST_PATHS[G].off is None) == kept for G in nets)
-    expected = (r"fast path ready: torch\.compile, \d+ s \(2 generators; 500 ms against eager's 1000 ms a 16 px call\)"
+    backends.start(nets, "auto", precision="fp32", blocking=True, log=lines.append)
+    assert all((backends.FAST_PATHS[G].compiled is not None) == kept for G in nets)
+    expected = (r"fast path ready: AOTInductor, \d+ s \(2 generators; 500 ms against eager's 1000 ms a 256 px call\)"
                 if kept else
-                r"fast path: eager \(torch\.compile took 990 ms against eager's 1000 ms a 16 px call\), decided in \d+ s")
-    assert len(lines) == 1 and re.fullmatch(expected, lines[0]), lines
+                r"fast path: eager \(AOTInductor was not faster here \(990 ms against eager's 1000 ms a 256 px "
+                r"call\)\), after \d+ s")
+    assert re.fullmatch(expected, lines[-1]), lines
+    assert lines[0].startswith("fast path: compiling 2 generators with AOTInductor in a child process")
 
 
 def test_a_compile_in_the_background_never_blocks_a_call(nets, monkeypatch):
-    started, finish = threading.Event(), threading.Event()
-
-    def slow(fn):  # a compile that takes until the test lets it finish
-        def run(x):
-            started.set()
-            assert finish.wait(60)
-            return fn(x)
-        return run
-    stand_in(monkeypatch, slow)
+    finish = threading.Event()
+    stand_in(monkeypatch, wait=finish)
     G, lines, done = nets[0], [], threading.Event()
     eager = run_any_size(G, image(), precision="fp32")
-    backends.start([G], "compile", precision="fp32", size=16, log=lambda line: (lines.append(line), done.set()))
-    assert started.wait(60)
-    out = run_any_size(G, image(), precision="fp32")  # eager at once, while the compile holds the generator
-    assert torch.equal(out, eager) and lines == []
+    backends.start([G], "compile", precision="fp32", log=lambda line: (lines.append(line), "ready" in line and done.set()))
+    out = run_any_size(G, image(), precision="fp32")  # eager at once, while the package is being made
+    assert torch.equal(out, eager) and backends.FAST_PATHS[G].compiled is None
     finish.set()
-    assert done.wait(60) and lines[0].startswith("fast path ready: torch.compile")
+    assert done.wait(60) and lines[-1].startswith("fast path ready: AOTInductor") and backends.FAST_PATHS[G].compiled is not None
 
 
 def test_zerogpu_is_a_no_op_off_zerogpu(monkeypatch):
