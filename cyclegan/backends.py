@@ -99,6 +99,8 @@ def start(nets: list[nn.Module], backend: str | None = None, precision: str = "a
     backend = backend_setting(backend)
     if backend == "eager" or not nets:
         return "eager"
+    if stranger := next((net for net in nets if not isinstance(net, Generator)), None):
+        raise TypeError(f"the fast path compiles cyclegan Generators, not {type(stranger).__name__}")
     paths = [FastPath(net, autocast_dtype(precision, "cpu", net)) for net in nets]
     for net, fast in zip(nets, paths):
         FAST_PATHS[net] = fast

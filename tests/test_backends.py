@@ -111,6 +111,12 @@ def test_a_shape_the_package_does_not_take_runs_eager(nets):
         assert torch.equal(fast(image(36, 50)), nets[0](image(36, 50)))
 
 
+def test_only_generators_go_on_the_fast_path(nets):
+    with pytest.raises(TypeError, match="^the fast path compiles cyclegan Generators, not Discriminator$"):
+        backends.start([nets[0], tiny().D_A], "compile", precision="fp32", blocking=True)
+    assert nets[0] not in backends.FAST_PATHS
+
+
 def test_a_failed_compile_leaves_eager_with_one_warning(nets, monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/g++")  # the C++ compiler Inductor calls, in the child process
     eager = [run_any_size(G, image(), precision="fp32") for G in nets]
