@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from cyclegan import CycleGAN, ModelConfig, backends, zerogpu
+from cyclegan import CycleGAN, Discriminator, ModelConfig, backends, zerogpu
 from cyclegan.inference import run_any_size
 from tests.conftest import psnr
 
@@ -113,7 +113,7 @@ def test_a_shape_the_package_does_not_take_runs_eager(nets):
 
 def test_only_generators_go_on_the_fast_path(nets):
     with pytest.raises(TypeError, match="^the fast path compiles cyclegan Generators, not Discriminator$"):
-        backends.start([nets[0], tiny().D_A], "compile", precision="fp32", blocking=True)
+        backends.start([nets[0], Discriminator(4, 1)], "compile", precision="fp32", blocking=True)
     assert nets[0] not in backends.FAST_PATHS
 
 
