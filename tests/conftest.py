@@ -32,6 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_CI = bool(os.environ.get("CI"))  # .ci/run sets it
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """The fast path's compiled packages (cyclegan/backends.py) of this session, the processes it starts
+    included, in a folder of its own: never the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CYCLEGAN_COMPILE_CACHE", str(tmp_path_factory.mktemp("compile-cache")))
+        yield
+
+
 def require(missing: list[str], hint: str) -> None:
     """Skip the calling test module when something it needs is missing (`missing` names it), except in
     CI, where .ci/run installs everything: there the module fails to load, naming what is missing."""
