@@ -16,6 +16,7 @@ import torch
 
 from benchmarks.sections.profiling import in_fused_adam
 from cyclegan import CycleGAN
+from cyclegan.runstatus import read_status
 from cyclegan.training import Trainer, TrainConfig, load_checkpoint, lr_factor, train
 from cyclegan.training.graphs import CaptureBroken, StepGraph, undone
 from cyclegan.training.signals import StopSignals
@@ -456,6 +457,19 @@ def test_push_to_hub_without_a_token_stops_before_training(dataroot, tmp_path, m
                   "--max-steps", "2", *TINY_FLAGS])
     assert result.returncode == 1 and "--push-to-hub me/tiny: no Hugging Face token" in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_failed_push_after_training_keeps_the_run_and_says_failed(dataroot, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    out = tmp_path / "run"
+    result = run(["--dataroot", str(dataroot), "--output", str(out), "--push-to-hub", "me/tiny", "--max-steps", "2",
+                  *TINY_FLAGS])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert load_checkpoint(out)["step"] == 2 and (out / "model" / "model.safetensors").exists()
+    status = read_status(out)
+    assert status["state"] == "failed" and status["step"] == 2
+    assert status["message"].startswith("trained to step 2 and saved, but the push to me/tiny failed: "), status
 
 
 def test_ddp_with_two_cpu_processes(dataroot, tmp_path):

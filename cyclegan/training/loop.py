@@ -171,7 +171,14 @@ class Training:
             if self.log is not None:
                 self.log.close()
         if self.main and stop.name is None and c.push_to_hub:
-            url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
+            try:
+                url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
+            except Exception as e:  # the run is saved; status.json must not stay "running"
+                message = (f"trained to step {t.step} and saved, but the push to {c.push_to_hub} failed: "
+                           f"{type(e).__name__}: {one_line(e, 300)} (retry: python -m cyclegan.hub push "
+                           f"{self.output / 'model'} {c.push_to_hub})")
+                self.say(bar, None, "failed", message)
+                raise RuntimeError(message) from e
             print(f"pushed {self.output / 'model'} to {url}")
         if stop.name is None:
             self.say(bar, None, "finished", f"finished at step {t.step}")
