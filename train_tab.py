@@ -213,13 +213,16 @@ def latest_samples(run: str | None) -> Image.Image | None:
 
 
 def view(model_choices: list[str]):
-    """Everything the tab shows of the current or last job, and the Translate tab's model list."""
+    """Everything the tab shows of the current or last job, the Translate tab's model list, and which of
+    Start, Stop and Resume can be pressed: Stop while a job is active, Start and Resume (of the last run)
+    when none is."""
     s = train_status()
-    run = s.get("run")
+    run, active = s.get("run"), s.get("state") in ACTIVE
     runs = jobs().runs()
     return (progress_html(s), loss_curves(run), latest_samples(run), "\n".join((s.get("log") or [])[-8:]),
             s.get("command") or "", s.get("data") or "", gr.Dropdown(choices=runs, value=run if run in runs else None),
-            gr.Dropdown(choices=model_choices + run_models(runs)), gr.Timer(active=s.get("state") in ACTIVE))
+            gr.Dropdown(choices=model_choices + run_models(runs)), gr.Timer(active=active),
+            gr.Button(interactive=not active), gr.Button(interactive=active), gr.Button(interactive=bool(run) and not active))
 
 
 def recipe_text(recipe: str) -> str:
@@ -367,7 +370,7 @@ def build(model: gr.Dropdown, model_choices: list[str]):
             gr.Button(visible=False).click(fn, inputs, status, api_name=name, concurrency_id="train",
                                            concurrency_limit=1)
 
-    shown = [progress, plot, samples, log, command, data, runs, model, timer]
+    shown = [progress, plot, samples, log, command, data, runs, model, timer, start, stop, resume]
     refresh = functools.partial(view, model_choices)
     gr.on([timer.tick], refresh, None, shown, api_visibility="private", show_progress="hidden", queue=False)
     recipe.change(lambda key: [recipe_text(key), *sizes(key)], recipe, [recipe_info, crop, load, batch],

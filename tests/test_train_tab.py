@@ -48,6 +48,12 @@ def api_names(url: str) -> set[str]:
     return set(Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"])
 
 
+def pressable(browser) -> dict[str, bool]:
+    """Whether each of the Train tab's job buttons can be pressed (the same refresh as the progress)."""
+    names = ("Start training", "Stop (saves)", "Resume")
+    return {n: browser.find_element(By.XPATH, f"//button[normalize-space()='{n}']").is_enabled() for n in names}
+
+
 def test_a_run_survives_a_reload_stops_resumes_finishes_and_its_model_translates(training_server, browser, tiny_zip):
     # A target far off, so that the run cannot end before the Stop however fast this machine is; the
     # resume then sets a near one.
@@ -55,6 +61,7 @@ def test_a_run_survives_a_reload_stops_resumes_finishes_and_its_model_translates
     run = started["run"]
     first = wait_for_training(browser, lambda p: p["state"] == "running" and p["step"] > 0, "no step was shown")
     assert first["run"] == run and first["total"] == 1000, first
+    assert pressable(browser) == {"Start training": False, "Stop (saves)": True, "Resume": False}
     moved = wait_for_training(browser, lambda p: p["step"] > first["step"], "the progress did not move", timeout=30)
 
     # Reloaded mid-run, the page shows the same run, further on, and goes on following it.
@@ -69,6 +76,7 @@ def test_a_run_survives_a_reload_stops_resumes_finishes_and_its_model_translates
     browser.find_element(By.XPATH, "//button[normalize-space()='Stop (saves)']").click()
     stopped = wait_for_training(browser, lambda p: p["state"] == "stopped", "the run did not stop", timeout=60)
     assert 0 < stopped["step"] < 1000 and stopped["run"] == run, stopped
+    assert pressable(browser) == {"Start training": True, "Stop (saves)": False, "Resume": True}
 
     # Resume to a target a few steps on (the steps field is the target of a resume).
     target = stopped["step"] + 12
