@@ -1,6 +1,6 @@
 """The fast path of long-lived processes (the app, videos, large folders): each generator compiled ahead
 of time by AOTInductor (torch.export, then Inductor's C++ in a shared library) where that is measured
-faster than eager on this machine. The compile takes 20-60 s a generator and runs in a child process at
+faster than eager on this machine. The compile takes 30-45 s a generator (2 cores) and runs in a child process at
 the lowest priority, so the process that serves never runs a compiler: it serves eager until the package
 is ready, then loads it in milliseconds. Packages are cached on disk under a key of the weights, the
 precision, torch and the CPU, so a restart loads them at once.
