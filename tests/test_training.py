@@ -472,6 +472,21 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_failed(dataroot, tm
     assert status["message"].startswith("trained to step 2 and saved, but the push to me/tiny failed: "), status
 
 
+def test_a_push_interrupted_after_training_says_stopped(dataroot, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+
+    def interrupted(self, repo_id):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(CycleGAN, "push_to_hub", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(dataroot, out, max_steps=2, push_to_hub="me/tiny"), TINY)
+    status = read_status(out)
+    assert (status["state"], status["step"]) == ("stopped", 2) and load_checkpoint(out)["step"] == 2
+    assert status["message"] == ("trained to step 2 and saved, but the push to me/tiny was interrupted (retry: "
+                                 "python -m cyclegan.hub push run/model me/tiny)")  # status.json names no absolute path
+
+
 def test_ddp_with_two_cpu_processes(dataroot, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -173,11 +173,14 @@ class Training:
         if self.main and stop.name is None and c.push_to_hub:
             try:
                 url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
-            except Exception as e:  # the run is saved; status.json must not stay "running"
-                message = (f"trained to step {t.step} and saved, but the push to {c.push_to_hub} failed: "
-                           f"{type(e).__name__}: {one_line(e, 300)} (retry: python -m cyclegan.hub push "
-                           f"{self.output / 'model'} {c.push_to_hub})")
-                self.say(bar, None, "failed", message)
+            except BaseException as e:  # the run is saved; status.json must not stay "running"
+                interrupted = isinstance(e, KeyboardInterrupt)
+                what = "was interrupted" if interrupted else f"failed: {type(e).__name__}: {one_line(e, 300)}"
+                message = (f"trained to step {t.step} and saved, but the push to {c.push_to_hub} {what} "
+                           f"(retry: python -m cyclegan.hub push {self.output / 'model'} {c.push_to_hub})")
+                self.say(bar, None, "stopped" if interrupted else "failed", message)
+                if interrupted:
+                    raise
                 raise RuntimeError(message) from e
             print(f"pushed {self.output / 'model'} to {url}")
         if stop.name is None:
