@@ -171,18 +171,7 @@ class Training:
             if self.log is not None:
                 self.log.close()
         if self.main and stop.name is None and c.push_to_hub:
-            try:
-                url = t.model.push_to_hub(c.push_to_hub)  # float16, as `python -m cyclegan.hub push`
-            except BaseException as e:  # the run is saved; status.json must not stay "running"
-                interrupted = isinstance(e, KeyboardInterrupt)
-                what = "was interrupted" if interrupted else f"failed: {type(e).__name__}: {one_line(e, 300)}"
-                message = (f"trained to step {t.step} and saved, but the push to {c.push_to_hub} {what} "
-                           f"(retry: python -m cyclegan.hub push {self.output / 'model'} {c.push_to_hub})")
-                self.say(bar, None, "stopped" if interrupted else "failed", message)
-                if interrupted:
-                    raise
-                raise RuntimeError(message) from e
-            print(f"pushed {self.output / 'model'} to {url}")
+            push_at_end(self, bar)
         if stop.name is None:
             self.say(bar, None, "finished", f"finished at step {t.step}")
         if self.distributed:
@@ -256,6 +245,24 @@ class Training:
             if means.get("skipped_steps"):
                 shown["skipped"] = int(means["skipped_steps"])
             bar.set_postfix(shown, refresh=False)
+
+
+def push_at_end(run: Training, bar) -> None:
+    """A finished run's model/ to the Hub (float16, as `python -m cyclegan.hub push`). The run stays saved
+    whatever happens; a failure ends status.json as failed, an interrupt as stopped, each with the retry."""
+    repo, folder, step = run.config.push_to_hub, run.output / "model", run.trainer.step
+    try:
+        url = run.trainer.model.push_to_hub(repo)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        what = "was interrupted" if interrupted else f"failed: {type(e).__name__}: {one_line(e, 300)}"
+        message = (f"trained to step {step} and saved, but the push to {repo} {what} "
+                   f"(retry: python -m cyclegan.hub push {folder} {repo})")
+        run.say(bar, None, "stopped" if interrupted else "failed", message)
+        if interrupted:
+            raise
+        raise RuntimeError(message) from e
+    print(f"pushed {folder} to {url}")
 
 
 def train(config: TrainConfig, model_config: ModelConfig, resume_state: dict | None = None) -> Path:
