@@ -1,11 +1,11 @@
 """The fast path of long-lived processes (the app, videos, large folders): each generator compiled ahead
 of time by AOTInductor (torch.export, then Inductor's C++ in a shared library) where that is measured
 faster than eager on this machine. The compile takes 30-45 s a generator (2 cores) and runs in a child process at
-the lowest priority, so the process that serves never runs a compiler: it serves eager until the package
-is ready, then loads it in milliseconds. Packages are cached on disk under a key of the weights, the
-precision, torch and the CPU, so a restart loads them at once.
+the lowest priority, so the process that serves never runs a compiler (nor imports Inductor): it serves
+eager until the package is ready, then loads it in milliseconds. Packages are cached on disk under a key
+of everything the compiled code depends on, so a restart loads them at once.
 
-    python -m cyclegan.backends WEIGHTS.safetensors PACKAGE.pt2   # the child: compile, time, write
+    python -m cyclegan.backends WEIGHTS.safetensors PACKAGE.pt2 [...]   # the child: compile, time, write
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .files import move_into_place, one_line, write_atomic
+from . import networks
+from .files import locked, move_into_place, one_line
 from .inference import FAST_PATHS, autocast_dtype, in_precision
 from .networks import Generator
 
@@ -84,8 +85,8 @@ class FastPath:
     def takes(self, x: torch.Tensor) -> bool:
         if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
             return False
-        c, h, w = x.shape[1:]
-        return (c == self.net.init_args["in_channels"]
+        n, c, h, w = x.shape
+        return (n >= 1 and c == self.net.init_args["in_channels"]
                 and all(8 <= side <= MAX_SIDE and side % 4 == 0 for side in (h, w)))
 
 
@@ -112,49 +113,90 @@ def start(nets: list[nn.Module], backend: str | None = None, precision: str = "a
 
 
 def prepare(paths: list[FastPath], backend: str, log: Callable[[str], object]) -> None:
-    """Load (compiling where missing) each path's package, keep it where `backend` says to, log one line."""
+    """Load (compiling where missing) each path's package, keep it where `backend` says to, log one line.
+    Whatever fails (no C++ compiler, an unusable cache folder, a bad file) leaves that path eager."""
     start_time = time.perf_counter()
-    packages = [package_path(fast) for fast in paths]
-    missing = len({p for p in packages if not p.with_suffix(".json").exists()})
-    if missing:
-        log(f"fast path: compiling {missing} generator{'s' * (missing > 1)} with {NAME} in a child process "
-            f"(once: cached in {cache_dir()})")
-    timings = []
-    for fast, package in zip(paths, packages):
+    packages: dict[FastPath, Path] = {}
+    for fast in paths:
         try:
-            compiled, timing = load_package(fast, package)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:  # no C++ compiler, an unsupported CPU, a bad file
-            fast.off = f"{NAME} failed: {one_line(e, 300)}"
-            warn_once(f"fast path off, translating eager: {fast.off}")
-            continue
-        timings.append(timing)
-        if backend == "auto" and timing["compiled_ms"] > MARGIN * timing["eager_ms"]:
-            fast.off = f"{NAME} was not faster here ({describe(timing)})"
-        else:
-            fast.compiled = compiled
+            packages[fast] = package_path(fast)
+        except Exception as e:  # e.g. networks.py unreadable
+            turn_off(fast, e)
+    failed: Exception | None = None
+    if missing := {package: fast for fast, package in packages.items() if not cached(package)}:
+        log(f"fast path: compiling {len(missing)} generator{'s' * (len(missing) > 1)} with {NAME} in a child "
+            f"process (once: cached in {cache_dir()})")
+        try:
+            compile_missing(missing)
+        except Exception as e:  # the packages it did not make stay eager, saying why
+            failed = e
+    kept = []
+    for fast, package in packages.items():
+        try:
+            if failed is not None and not cached(package):
+                raise failed
+            timing = json.loads(package.with_suffix(".json").read_text())
+            if backend == "auto" and timing["compiled_ms"] > MARGIN * timing["eager_ms"]:
+                fast.off = f"{NAME} was not faster here ({describe(timing)})"
+                continue
+            fast.compiled = load(package)
+            kept.append(timing)
+        except Exception as e:
+            turn_off(fast, e)
     took = time.perf_counter() - start_time
-    on = [fast for fast in paths if fast.compiled is not None]
-    if on:
-        log(f"fast path ready: {NAME}, {took:.0f} s ({len(on)} generator{'s' * (len(on) > 1)}; {describe(timings[0])})")
+    if kept:
+        log(f"fast path ready: {NAME}, {took:.0f} s ({len(kept)} generator{'s' * (len(kept) > 1)}; "
+            f"{describe(kept[0])})")
     else:
         log(f"fast path: eager ({paths[0].off}), after {took:.0f} s")
 
 
-def load_package(fast: FastPath, package: Path | None = None) -> tuple[Callable, dict]:
-    """`fast`'s compiled generator and its timing (see `main`), from the cache, compiled first where it
-    is missing. A file that fails to load is deleted, so that the next start compiles it again."""
-    package = package or package_path(fast)
+def turn_off(fast: FastPath, error: Exception) -> None:
+    fast.off = f"{NAME} failed: {one_line(error, 300)}"
+    warn_once(f"fast path off, translating eager: {fast.off}")
+
+
+def cached(package: Path) -> bool:
     try:
-        if not package.with_suffix(".json").exists():
-            compile_in_child(fast.net, fast.dtype, package)
-        timing = json.loads(package.with_suffix(".json").read_text())
-        compiled = torch._inductor.aoti_load_package(str(package))
-    except BaseException:
-        for path in (package, package.with_suffix(".json")):
-            path.unlink(missing_ok=True)
+        return package.with_suffix(".json").exists() and package.exists()
+    except OSError:  # an unreadable cache folder: the compile then says why
+        return False
+
+
+def compile_missing(missing: dict[Path, FastPath]) -> None:
+    """Compile the packages of `missing` (package -> its path) that are still missing, all in one child
+    process (the compiler's headers are built once for all of them). Under a lock on each package, so
+    that two processes never compile one at once: the second waits, then finds it made."""
+    with contextlib.ExitStack() as locks:
+        for package in sorted(missing):
+            locks.enter_context(locked(package.with_suffix(".lock")))
+        if todo := {package: fast for package, fast in missing.items() if not cached(package)}:
+            compile_in_child(todo)
+
+
+def load(package: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The compiled generator in `package`. Straight through torch's loader: `aoti_load_package` would
+    import Inductor (1.1 s of the interpreter lock) and probe the CPU's vector instructions by compiling
+    with g++ (1.2 s here, 12 s with an empty temp folder) in the serving process, to log a warning that
+    the cache key (`package_path`) already rules out. A package that fails to load is deleted, so that
+    the next start compiles it again."""
+    try:
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
+    except RuntimeError:
+        with locked(package.with_suffix(".lock")):
+            for path in (package, package.with_suffix(".json")):
+                path.unlink(missing_ok=True)
         raise
-    os.utime(package)  # recently used: the last the cache forgets
-    return compiled, timing
+    with contextlib.suppress(OSError):  # a read-only cache serves as well
+        os.utime(package)  # recently used: the last the cache forgets
+    return lambda x: loader.run([x])[0]
+
+
+def load_package(fast: FastPath) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """`fast`'s compiled generator and its timing, compiled first where missing (for benchmarks/)."""
+    package = package_path(fast)
+    compile_missing({package: fast})
+    return load(package), json.loads(package.with_suffix(".json").read_text())
 
 
 def describe(timing: dict) -> str:
@@ -163,14 +205,19 @@ def describe(timing: dict) -> str:
 
 
 def package_path(fast: FastPath) -> Path:
-    """Where `fast`'s package is cached: a key of everything the compiled code depends on (the
-    architecture and weights, the precision, torch, Python, and the CPU's model and instruction sets:
-    a package built for AVX-512 must not run where there is none)."""
+    """Where `fast`'s package is cached: a key of everything the compiled code depends on: the code that
+    defines the network and how it is exported (networks.py and this file), the architecture and
+    weights, the precision, the thread count (Inductor writes it into the kernels when it is not the
+    number of cores), torch, Python, and the CPU's model and instruction sets (a package built for
+    AVX-512 must not run where there is none)."""
     digest = hashlib.sha256()
-    parts = [torch.__version__, sys.version, platform.machine(), cpu_description(), str(fast.dtype),
+    parts = [torch.__version__, sys.version, platform.machine(), cpu_description(),
+             torch.backends.cpu.get_cpu_capability(), str(torch.get_num_threads()), str(fast.dtype),
              json.dumps(fast.net.init_args, sort_keys=True), f"{MAX_SIDE} {MEASURE_SIZE}"]
     for part in parts:
         digest.update(part.encode() + b"\0")
+    for source in (networks.__file__, __file__):
+        digest.update(Path(source).read_bytes())
     for name, tensor in sorted(fast.net.state_dict().items()):
         digest.update(f"{name} {tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().float().contiguous().numpy().tobytes())
@@ -193,23 +240,30 @@ def cpu_description() -> str:
     return "\n".join(wanted)
 
 
-def compile_in_child(net: nn.Module, dtype: torch.dtype | None, package: Path) -> None:
-    """Compile `net` for `dtype` into `package`, and its timing into the .json beside it, in a child
-    process (`main`) at the lowest priority. A RuntimeError with the child's last line if it fails."""
-    package.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=package.parent, prefix=".compile-") as tmp:
-        weights = Path(tmp) / "generator.safetensors"
-        save_file({k: v.detach().float().contiguous() for k, v in net.state_dict().items()}, weights,
-                  metadata={"init_args": json.dumps(net.init_args), "dtype": dtype_name(dtype)})
+def compile_in_child(packages: dict[Path, FastPath]) -> None:
+    """Compile each generator for its precision into its package, and its timing into the .json beside
+    it, in one child process (`main`) at the lowest priority. A RuntimeError with the child's last line
+    if it fails (the packages made before stay)."""
+    folder = next(iter(packages)).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".compile-") as tmp:
+        jobs = []
+        for i, (package, fast) in enumerate(packages.items()):
+            weights = Path(tmp) / f"generator-{i}.safetensors"
+            save_file({k: v.detach().float().contiguous() for k, v in fast.net.state_dict().items()}, weights,
+                      metadata={"init_args": json.dumps(fast.net.init_args), "dtype": dtype_name(fast.dtype),
+                                "threads": str(torch.get_num_threads())})
+            jobs += [str(weights), str(package)]
         here = str(Path(__file__).resolve().parents[1])  # cyclegan's own copy, installed or not
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"),
+        # Inductor's caches, its precompiled headers (~300 MB) and CPU probes included, in the temp folder.
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"), TMPDIR=tmp,
                    PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
-        done = subprocess.run([sys.executable, "-m", "cyclegan.backends", str(weights), str(package)],
+        done = subprocess.run([sys.executable, "-m", "cyclegan.backends", *jobs],
                               env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1].strip() if lines else f"the compiler's process ended with {done.returncode}")
-    forget_old(package.parent)
+    forget_old(folder)
 
 
 def forget_old(folder: Path, keep: int = KEEP) -> None:
@@ -217,8 +271,8 @@ def forget_old(folder: Path, keep: int = KEEP) -> None:
     and the temp folders of compiles that were killed more than a day ago."""
     packages = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
     for package in packages[keep:]:
-        package.unlink(missing_ok=True)
-        package.with_suffix(".json").unlink(missing_ok=True)
+        for path in (package, package.with_suffix(".json"), package.with_suffix(".lock")):
+            path.unlink(missing_ok=True)
     for tmp in folder.glob(".compile-*"):
         with contextlib.suppress(OSError):
             if time.time() - tmp.stat().st_mtime > 86400:
@@ -296,28 +350,40 @@ def lowest_priority() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cyclegan.backends",
-                                     description="Compile one generator with AOTInductor (the fast path's child).")
-    parser.add_argument("weights", type=Path, help="the generator: a safetensors file with init_args and dtype")
-    parser.add_argument("package", type=Path, help="the .pt2 to write; its timing goes to the .json beside it")
+                                     description="Compile generators with AOTInductor (the fast path's child).")
+    parser.add_argument("jobs", nargs="+", metavar="WEIGHTS PACKAGE",
+                        help="pairs: a generator (safetensors with init_args, dtype and threads) and the .pt2 to "
+                             "write; its timing goes to the .json beside it")
     args = parser.parse_args(argv)
+    if len(args.jobs) % 2:
+        parser.error("give WEIGHTS PACKAGE pairs")
     lowest_priority()
-    with safe_open(args.weights, "pt") as f:
+    for weights, package in zip(args.jobs[::2], args.jobs[1::2]):
+        compile_one(Path(weights), Path(package))
+    return 0
+
+
+def compile_one(weights: Path, package: Path) -> None:
+    """The child's work for one generator: build it, compile it beside `weights`, time it against eager,
+    then move the package and its timing into place (the timing last: the parent takes it as done)."""
+    with safe_open(weights, "pt") as f:
         meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     net = Generator(**json.loads(meta["init_args"]))
     net.load_state_dict(state)
     net.eval()
+    torch.set_num_threads(int(meta["threads"]))  # the parent's: the kernels may be written for it
     dtype = None if meta["dtype"] == "float32" else getattr(torch, meta["dtype"])
     start = time.perf_counter()
-    tmp = compile_package(net, dtype, args.weights.with_suffix(".pt2"))  # in the parent's temp folder
+    tmp = compile_package(net, dtype, weights.with_suffix(".pt2"))
     compile_s = time.perf_counter() - start
     eager = net if dtype is None else in_precision(net, "cpu", dtype)
-    compiled = torch._inductor.aoti_load_package(str(tmp))
-    eager_s, compiled_s = time_calls(eager, compiled, (1, net.init_args["in_channels"], MEASURE_SIZE, MEASURE_SIZE))
-    move_into_place(tmp, args.package)
+    eager_s, compiled_s = time_calls(eager, load(tmp), (1, net.init_args["in_channels"], MEASURE_SIZE, MEASURE_SIZE))
     timing = {"eager_ms": eager_s * 1000, "compiled_ms": compiled_s * 1000, "size": MEASURE_SIZE,
-              "compile_s": compile_s, "dtype": meta["dtype"], "torch": torch.__version__}
-    write_atomic(args.package.with_suffix(".json"), json.dumps(timing, indent=1).encode(), durable=False)
-    return 0
+              "compile_s": compile_s, "dtype": meta["dtype"], "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    tmp.with_suffix(".json").write_text(json.dumps(timing, indent=1))
+    move_into_place(tmp, package)
+    move_into_place(tmp.with_suffix(".json"), package.with_suffix(".json"))
 
 
 if __name__ == "__main__":

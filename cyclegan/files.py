@@ -1,10 +1,12 @@
 """Small file mechanisms every module shares: atomic writes and renames, downloads, one-line errors."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object],
@@ -53,6 +55,17 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
         raise
     shutil.rmtree(old)
     return target
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (made if missing) across processes: an flock, which dies
+    with its holder, so a crash never leaves it taken."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 class DownloadError(ConnectionError, RuntimeError):

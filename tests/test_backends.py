@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import types
 import warnings
@@ -16,8 +19,9 @@ import pytest
 import torch
 
 from cyclegan import CycleGAN, Discriminator, ModelConfig, backends, zerogpu
+from cyclegan.files import locked
 from cyclegan.inference import run_any_size
-from tests.conftest import psnr
+from tests.conftest import ROOT, psnr
 
 
 def tiny(seed: int = 0) -> CycleGAN:
@@ -78,8 +82,8 @@ def test_compiled_generator_translates_odd_sizes_and_tiles_as_eager_does(compile
     assert calls[:3] == [(1, 3, 40, 52), (1, 3, 8, 8), (1, 3, 8, 8)] and set(calls[3:]) == {(1, 3, 48, 48)}
     first = fast_path(image(36, 52))
     kept = first.clone()
-    fast_path(image(40, 40))
-    assert torch.equal(first, kept)  # a result is not a buffer the next call writes over
+    fast_path(image(36, 52) * 0.5)
+    assert torch.equal(first, kept)  # a result is not a buffer the next call (same shape) writes over
 
 
 def test_a_package_is_cached_by_weights_and_precision(compiled, monkeypatch):
@@ -88,8 +92,9 @@ def test_a_package_is_cached_by_weights_and_precision(compiled, monkeypatch):
     timing = json.loads(package.with_suffix(".json").read_text())
     assert timing["size"] == 256 and timing["dtype"] == "bfloat16" and timing["compiled_ms"] > 0
     monkeypatch.setattr(backends, "compile_in_child", lambda *_: pytest.fail("compiled again"))
+    monkeypatch.setattr(backends.os, "utime", lambda *_: exec("raise OSError(30, 'Read-only file system')"))
     lines = []
-    backends.start([G], "compile", precision="bf16", blocking=True, log=lines.append)  # a restart
+    backends.start([G], "compile", precision="bf16", blocking=True, log=lines.append)  # a restart, read-only
     assert len(lines) == 1 and lines[0].startswith("fast path ready: AOTInductor, 0 s"), lines
     assert backends.FAST_PATHS[G].compiled is not None
     fast = backends.FAST_PATHS[G]
@@ -99,11 +104,56 @@ def test_a_package_is_cached_by_weights_and_precision(compiled, monkeypatch):
     assert backends.package_path(backends.FastPath(G, None)) != package  # float32
 
 
+def test_a_restart_loads_the_package_without_inductor(compiled, tmp_path):
+    """In a new process, with an empty temp folder: the package is loaded without importing Inductor or
+    probing the CPU with a compiler (torch's own loader does both, 2-12 s in the serving process)."""
+    _, cache, _ = compiled
+    script = "; ".join([
+        "import sys", "from cyclegan import CycleGAN, ModelConfig, backends",
+        "backends.compile_in_child = lambda *_: sys.exit('compiled again')",
+        "G = CycleGAN(ModelConfig(ngf=4, ndf=4, n_blocks=1, n_layers=1)).init_weights(seed=0).eval().G_AB",
+        "backends.start([G], 'compile', precision='bf16', blocking=True)",
+        "print(backends.FAST_PATHS[G].compiled is not None, 'torch._inductor' in sys.modules)"])
+    env = {**os.environ, backends.CACHE_ENV: str(cache), "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ready, flags = result.stdout.splitlines()[-2:]
+    assert ready.startswith("fast path ready: AOTInductor, ") and flags == "True False", result.stdout
+
+
+def test_a_second_process_waits_for_the_compile_and_uses_it(nets, monkeypatch):
+    fast = backends.FastPath(nets[0], None)
+    package, compiles, done = backends.package_path(fast), [], []
+    monkeypatch.setattr(backends, "compile_in_child", lambda *args: compiles.append(args))
+    timing = {"eager_ms": 2.0, "compiled_ms": 1.0, "size": 256}
+    with locked(package.with_suffix(".lock")):  # another process compiling this package
+        waiting = threading.Thread(target=lambda: done.append(backends.compile_missing({package: fast})))
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and not done
+        package.write_bytes(b"the package")
+        package.with_suffix(".json").write_text(json.dumps(timing))
+    waiting.join(60)
+    assert done == [None] and compiles == []  # it waited, then found the package made
+
+
+def test_an_unusable_cache_folder_leaves_eager_with_one_warning(nets, tmp_path, monkeypatch):
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "a file" / "cache"))
+    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backends.start(nets[:1], "compile", precision="fp32", blocking=True, log=lines.append)
+    assert re.fullmatch(r"fast path: eager \(AOTInductor failed: .*Not a directory.*\), after \d+ s", lines[-1]), lines
+    assert len(caught) == 1 and backends.FAST_PATHS[nets[0]].compiled is None
+
+
 def test_a_shape_the_package_does_not_take_runs_eager(nets):
     fast = backends.FastPath(nets[0], None)
     fast.compiled = lambda x: pytest.fail(f"compiled code called on {tuple(x.shape)}")
     for x in (image(36, 50), torch.rand(1, 3, 4, 8), torch.rand(1, 3, 8, 4100), image(36, 52).double(),
-              torch.rand(3, 36, 52)):
+              torch.rand(3, 36, 52), torch.rand(0, 3, 36, 52)):
         assert not fast.takes(x)
     x = image(36, 52)
     assert fast.takes(x) and fast.takes(x.contiguous(memory_format=torch.channels_last))
@@ -134,12 +184,17 @@ def test_a_failed_compile_leaves_eager_with_one_warning(nets, monkeypatch):
 
 
 def stand_in(monkeypatch, compiled_ms: float = 500, wait: threading.Event | None = None):
-    """Packages replaced by the generator itself, "timed" at `compiled_ms` against eager's 1000 ms; with
-    `wait`, loading one takes until that event is set."""
-    def load(fast, package=None):
+    """Packages replaced by files that load as the identity, "timed" at `compiled_ms` against eager's
+    1000 ms; with `wait`, making them takes until that event is set."""
+    def compile_missing(missing):
         assert wait is None or wait.wait(60)
-        return fast.eager, {"eager_ms": 1000, "compiled_ms": compiled_ms, "size": 256}
-    monkeypatch.setattr(backends, "load_package", load)
+        for package in missing:
+            package.parent.mkdir(parents=True, exist_ok=True)
+            package.write_bytes(b"a stand-in")
+            package.with_suffix(".json").write_text(json.dumps({"eager_ms": 1000, "compiled_ms": compiled_ms,
+                                                                "size": 256}))
+    monkeypatch.setattr(backends, "compile_missing", compile_missing)
+    monkeypatch.setattr(backends, "load", lambda package: lambda x: x)
 
 
 @pytest.mark.parametrize("compiled_ms, kept", [(500, True), (990, False)])

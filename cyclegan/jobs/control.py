@@ -4,7 +4,6 @@ job. A job is `python -m cyclegan.train` under a supervisor (supervisor.py) in a
 own: it outlives the process that started it."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -13,10 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from ..files import write_atomic
+from ..files import locked, write_atomic
 from ..runstatus import ACTIVE, log_tail, read_status
 from . import recipes
 from .data import DataError, Limits, unpack_zip
@@ -145,13 +143,9 @@ class Jobs:
 
     # ---- starting and stopping ----------------------------------------------------------------
 
-    @contextmanager
     def exclusive(self):
-        """One process at a time decides whether a job may start (an flock, which dies with its holder)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+        """One process at a time decides whether a job may start."""
+        return locked(self.root / ".lock")
 
     def start(self, recipe: str, identity: bool = True, max_steps: int = 0, zip_path: str | None = None,
               dataset: str = "", **changes) -> dict:
