@@ -258,11 +258,19 @@ def compile_in_child(packages: dict[Path, FastPath]) -> None:
         # Inductor's caches, its precompiled headers (~300 MB) and CPU probes included, in the temp folder.
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"), TMPDIR=tmp,
                    PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
-        done = subprocess.run([sys.executable, "-m", "cyclegan.backends", *jobs],
-                              env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise RuntimeError(lines[-1].strip() if lines else f"the compiler's process ended with {done.returncode}")
+        # In a process group of its own, which ends whole (the compilers it started included) with this call.
+        child = subprocess.Popen([sys.executable, "-m", "cyclegan.backends", *jobs], env=env, text=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+        try:
+            _, stderr = child.communicate()
+        except BaseException:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+    if child.returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1].strip() if lines else f"the compiler's process ended with {child.returncode}")
     forget_old(folder)
 
 
@@ -340,7 +348,9 @@ def stop(nets: list[nn.Module]) -> None:
 
 
 def lowest_priority() -> None:
-    """This process at the lowest CPU priority, and ended when its parent ends (Linux)."""
+    """This process at the lowest CPU priority, and ended with the compilers it started when its parent
+    ends, however it ends (Linux: the parent's death sends SIGTERM, which kills this process group)."""
+    signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 19)
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
