@@ -1,6 +1,6 @@
 """The fast path of long-lived processes (the app, videos, large folders): each generator compiled ahead
 of time by AOTInductor (torch.export, then Inductor's C++ in a shared library) where that is measured
-faster than eager on this machine. The compile takes 30-45 s a generator (2 cores) and runs in a child process at
+faster than eager on this machine. The compile takes 25-50 s a generator (2 cores) and runs in a child process at
 the lowest priority, so the process that serves never runs a compiler (nor imports Inductor): it serves
 eager until the package is ready, then loads it in milliseconds. Packages are cached on disk under a key
 of everything the compiled code depends on, so a restart loads them at once.
@@ -220,7 +220,7 @@ def package_path(fast: FastPath) -> Path:
         digest.update(Path(source).read_bytes())
     for name, tensor in sorted(fast.net.state_dict().items()):
         digest.update(f"{name} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().float().contiguous().numpy())  # hashed in place, without the GIL
     return cache_dir() / f"{digest.hexdigest()[:32]}.pt2"
 
 
