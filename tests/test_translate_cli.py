@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan import convert
+from cyclegan import backends, convert
 from cyclegan.translate import VideoError, load_model, main, translate_video
-from tests.conftest import psnr
+from tests.conftest import make_images, psnr
 from tests.test_convert import authors_server  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(autouse=True)
+def eager(monkeypatch):
+    """Videos translate eager here: tests/test_backends.py compiles, and a compile costs ~35 s."""
+    monkeypatch.setenv(backends.ENV, "eager")
 
 
 def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48), codec: str = "libx264",
@@ -113,6 +119,22 @@ def test_video_limit_and_unreadable_videos(tiny_model, model_dir, tmp_path, caps
     (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing else")
     assert main(["--model", str(model_dir), str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "out")]) == 1
     assert "skipped " + str(tmp_path / "bad.mp4") + ": not a readable video" in capsys.readouterr().err
+
+
+def test_videos_and_large_folders_take_the_fast_path(model_dir, tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(backends, "start", lambda nets, backend, precision, **kw: started.append(
+        (len(nets), backend, precision, kw["blocking"])) or backend)
+    monkeypatch.setenv(backends.ENV, "auto")
+    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    image = make_images(tmp_path / "images", 1)[0]
+    assert main(["--model", str(model_dir), str(clip), "--out", str(tmp_path / "a")]) == 0
+    assert started == [(1, "auto", "auto", True)]  # compiled (or loaded) before the first file
+    assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "b")]) == 0
+    assert len(started) == 1  # one image: not worth a compile
+    assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "c"), "--backend", "compile",
+                 "--cycle", "--precision", "fp32"]) == 0
+    assert started[1] == (2, "compile", "fp32", True)  # both generators for --cycle
 
 
 def test_bad_model_or_input_is_one_line(model_dir, tmp_path, capsys):
