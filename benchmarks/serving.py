@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import signal
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,7 +34,7 @@ import torch  # noqa: E402
 from benchmarks.backends import CpuShare, UNDER_LOAD  # noqa: E402
 from benchmarks.core import PREVIEW, compare_8bit, machine_info, photos, sample_photo, stats, table  # noqa: E402
 from benchmarks.sections.inference import trained_briefly  # noqa: E402
-from cyclegan import CycleGAN, backends  # noqa: E402
+from cyclegan import CycleGAN, backends, translate  # noqa: E402
 from cyclegan.data import load_rgb, to_tensor  # noqa: E402
 from cyclegan.files import write_atomic  # noqa: E402
 from cyclegan.inference import run_any_size  # noqa: E402
@@ -157,7 +160,9 @@ def bench_restarts(env: dict, folder: Path) -> dict:
 
 def bench_video(model: CycleGAN, data: Path, folder: Path, frames: int, rounds: int) -> dict:
     """Frames per second of translate_video on a 640×480 clip of `frames` frames, eager against the fast
-    path (compiled first), alternated; and the fast path's 8-bit PSNR against eager fp32 on a frame."""
+    path (compiled first, from an empty cache), alternated; the fast path's 8-bit PSNR against eager fp32
+    on a frame; and when the compile repays itself: after how many frames, and how many seconds of eager
+    work that is by the estimate `python -m cyclegan.translate` decides on (its PAYS_AFTER)."""
     import av
     clip = folder / "clip.mp4"
     photo = sample_photo(data, 640 + frames * 8, 480)
@@ -170,9 +175,12 @@ def bench_video(model: CycleGAN, data: Path, folder: Path, frames: int, rounds: 
         out.mux(stream.encode())
     G = model.G_AB
     x = to_tensor(photo.crop((0, 0, 640, 480))).unsqueeze(0)
-    with torch.inference_mode():
+    estimate = translate.eager_seconds_a_pixel(G, "auto") * 640 * 480  # an eager frame's model time, estimated
+    with torch.inference_mode(), mock.patch.dict(os.environ, {backends.CACHE_ENV: str(folder / "video-cache")}):
         ref = G(x)  # eager fp32
+        start = time.perf_counter()
         backends.start([G], "compile", blocking=True, log=print)
+        compile_s = time.perf_counter() - start
         fast = backends.FAST_PATHS.pop(G)
     fps: dict[str, list[float]] = {"eager": [], "fast path": []}
     for i in range(rounds):
@@ -187,8 +195,12 @@ def bench_video(model: CycleGAN, data: Path, folder: Path, frames: int, rounds: 
     accuracy = compare_8bit(run_any_size(G, x), ref)
     backends.FAST_PATHS.pop(G)
     eager_auto = compare_8bit(run_any_size(G, x), ref)
+    saved = 1 / statistics.median(fps["eager"]) - 1 / statistics.median(fps["fast path"])  # seconds a frame
+    repaid = compile_s / saved if saved > 0 else math.inf
     return {"frames": frames, "fps": {k: stats(v) for k, v in fps.items()},
-            "psnr_vs_eager_fp32": {"fast path": accuracy, "eager (precision auto)": eager_auto}}
+            "psnr_vs_eager_fp32": {"fast path": accuracy, "eager (precision auto)": eager_auto},
+            "compile_s": compile_s, "repaid_after_frames": repaid,
+            "repaid_after_eager_s_estimated": repaid * estimate, "cli_pays_after_s": translate.PAYS_AFTER}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             r["video"] = v = bench_video(model, args.data, folder, frames=12, rounds=2)
             print(f"640×480 video, {label}: " + ", ".join(f"{k} {s['median']:.2f} frames/s" for k, s in v["fps"].items())
                   + f"; fast path {v['psnr_vs_eager_fp32']['fast path']['psnr_db']:.1f} dB against eager fp32")
+            print(f"a compile from an empty cache took {v['compile_s']:.0f} s and was repaid after "
+                  f"{v['repaid_after_frames']:.0f} frames, {v['repaid_after_eager_s_estimated']:.0f} s of eager work "
+                  f"by the CLI's estimate (it compiles from {translate.PAYS_AFTER} s)")
     others = share.others()
     r.update(load_average_at_end=[round(x, 2) for x in os.getloadavg()], others_cpu_share=round(others, 3),
              under_load=others > UNDER_LOAD, seconds=time.perf_counter() - started)

@@ -163,6 +163,15 @@ def cached(package: Path) -> bool:
         return False
 
 
+def ready(nets: list[nn.Module], precision: str = "auto") -> bool:
+    """Whether every net of `nets` has its package in the cache for `precision`: loading one costs
+    milliseconds, where a compile costs most of a minute a generator."""
+    try:
+        return all(cached(package_path(FastPath(net, autocast_dtype(precision, "cpu", net)))) for net in nets)
+    except Exception:  # e.g. an unreadable cache folder: `start` then says why
+        return False
+
+
 def compile_missing(missing: dict[Path, FastPath]) -> None:
     """Compile the packages of `missing` (package -> its path) that are still missing, all in one child
     process (the compiler's headers are built once for all of them). Under a lock on each package, so

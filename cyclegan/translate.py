@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -18,14 +19,15 @@ from . import backends
 from .cli import missing_extra, prog
 from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .files import move_into_place, one_line, write_atomic
-from .inference import PRECISIONS
+from .inference import PRECISIONS, run_any_size
 from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-# "auto" compiles only for jobs that repay it: on 2 idle Zen 4 cores a compile took 15-32 s (a few with a
-# warm cache) and saves 18 ms (preview) to 78 ms (paper size) a 256 px image, four times that at 512 px
-# (docs/performance.md); a video's frames are larger and many.
-PAYS_FROM = 1000  # images
+# "auto" compiles only for jobs that repay it. On 2 idle Zen 4 cores a first compile took 51 s (preview)
+# / 57 s (paper size) and was repaid after 293 / 76 frames of 640×480: 110 / 143 s of eager work by the
+# estimate below (benchmarks/serving.py --only video, docs/performance.md). Packages already cached load
+# in milliseconds and serve any job.
+PAYS_AFTER = 120  # seconds of eager work a generator
 AUTHORS = "authors:"  # authors:horse2zebra = the generators the CycleGAN authors published, converted
 
 
@@ -136,6 +138,43 @@ def plan(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
+def repays_a_compile(net: torch.nn.Module, jobs: list[tuple[Path, Path]], precision: str) -> bool:
+    """Whether `jobs` hold PAYS_AFTER seconds of `net`'s eager work or more, at the pace of one call timed
+    here (a generator's time grows with the pixels)."""
+    enough = PAYS_AFTER / eager_seconds_a_pixel(net, precision)
+    return pixels(jobs, enough) >= enough
+
+
+def eager_seconds_a_pixel(net: torch.nn.Module, precision: str, size: int = 128) -> float:
+    """`net`'s eager time a pixel in `precision`: the faster of two `size`-px calls after a warm-up."""
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run_any_size(net, x, precision=precision)
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) / size**2
+
+
+def pixels(jobs: list[tuple[Path, Path]], enough: float) -> int:
+    """The pixels `jobs` hold (images' sizes from their headers, videos' frames × sides), counted until
+    `enough`; a file that cannot be read counts none (its translation then says why)."""
+    total = 0
+    for source, _ in jobs:
+        try:
+            if source.suffix.lower() in VIDEO_EXTENSIONS:
+                frames, width, height, _ = video_size(source)
+                total += frames * width * height
+            else:
+                with Image.open(source) as image:
+                    total += image.width * image.height
+        except (OSError, ValueError, Image.DecompressionBombError):  # VideoError is a ValueError
+            continue
+        if total >= enough:
+            break
+    return total
+
+
 def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, cycle: bool, precision: str) -> None:
     """One image (or video) into `target`, in the format of its extension; with `cycle` also F(G(x))
     beside it as NAME.rec.EXT (images only)."""
@@ -166,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycle", action="store_true", help="also write F(G(x)) as NAME.rec.EXT (images)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic (default: auto)")
     parser.add_argument("--backend", choices=backends.BACKENDS, default=os.environ.get(backends.ENV) or "auto",
-                        help="the CPU's fast path: auto (compiled for videos and folders of %d images or more, where "
-                             "measured faster), eager, or compile (default: $CYCLEGAN_BACKEND, else auto)" % PAYS_FROM)
+                        help="the CPU's fast path: auto (where measured faster; compiled for jobs of %d s of eager work or "
+                             "more, used for any job once cached), eager, or compile (default: $CYCLEGAN_BACKEND, "
+                             "else auto)" % PAYS_AFTER)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
@@ -182,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # DownloadError is an OSError
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
-    if args.device == "cpu" and (args.backend == "compile" or (args.backend == "auto" and (videos or len(jobs) >= PAYS_FROM))):
-        generators = model.generators(args.direction)
-        backends.start(list(generators if args.cycle else generators[:1]), args.backend, args.precision,
-                       blocking=True, log=lambda line: print(line, file=sys.stderr))
+    generators = list(model.generators(args.direction))[:2 if args.cycle else 1]
+    if args.device == "cpu" and (args.backend == "compile" or (args.backend == "auto" and (
+            backends.ready(generators, args.precision) or repays_a_compile(generators[0], jobs, args.precision)))):
+        backends.start(generators, args.backend, args.precision, blocking=True,
+                       log=lambda line: print(line, file=sys.stderr))
     failed = 0
     for source, target in tqdm(jobs, unit="file", desc="translating"):
         try:

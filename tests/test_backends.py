@@ -102,6 +102,10 @@ def test_a_package_is_cached_by_weights_and_precision(compiled, monkeypatch):
     assert backends.package_path(fast) == package
     assert backends.package_path(backends.FastPath(other, torch.bfloat16)) != package  # other weights
     assert backends.package_path(backends.FastPath(G, None)) != package  # float32
+    assert backends.ready([G], "bf16") and not backends.ready([G, other], "bf16")  # what the CLI asks
+    assert not backends.ready([G], "fp32")
+    monkeypatch.setenv(backends.CACHE_ENV, str(cache / "elsewhere"))
+    assert not backends.ready([G], "bf16")
 
 
 def test_a_restart_loads_the_package_without_inductor(compiled, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan import backends, convert
+from cyclegan import backends, convert, translate
 from cyclegan.translate import VideoError, load_model, main, translate_video
 from tests.conftest import make_images, psnr
 from tests.test_convert import authors_server  # noqa: F401 (a fixture)
@@ -121,20 +121,46 @@ def test_video_limit_and_unreadable_videos(tiny_model, model_dir, tmp_path, caps
     assert "skipped " + str(tmp_path / "bad.mp4") + ": not a readable video" in capsys.readouterr().err
 
 
-def test_videos_and_large_folders_take_the_fast_path(model_dir, tmp_path, monkeypatch):
-    started = []
+def test_jobs_that_repay_a_compile_or_find_it_cached_take_the_fast_path(model_dir, tmp_path, monkeypatch):
+    started, cached = [], []
     monkeypatch.setattr(backends, "start", lambda nets, backend, precision, **kw: started.append(
         (len(nets), backend, precision, kw["blocking"])) or backend)
+    monkeypatch.setattr(backends, "ready", lambda nets, precision: cached.append(len(nets)) or bool(cached_now))
     monkeypatch.setenv(backends.ENV, "auto")
-    clip = write_video(tmp_path / "clip.mp4", frames=2)
-    image = make_images(tmp_path / "images", 1)[0]
-    assert main(["--model", str(model_dir), str(clip), "--out", str(tmp_path / "a")]) == 0
+    clip = write_video(tmp_path / "clip.mp4", frames=2)  # 2 frames of 64×48
+    images = make_images(tmp_path / "images", 3, size=(40, 30))
+    assert translate.pixels([(clip, None)], 10**9) == 2 * 64 * 48
+    sizes = [math.prod(Image.open(p).size) for p in images]
+    assert translate.pixels([(p, None) for p in images], 10**9) == sum(sizes)
+    assert translate.pixels([(p, None) for p in images], 1) == sizes[0]  # counted until enough
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert translate.pixels([(tmp_path / "bad.png", None), (clip, None)], 10**9) == 2 * 64 * 48
+
+    outs = iter(range(100))
+
+    def run(*inputs: Path, args: tuple = ()) -> None:
+        assert main(["--model", str(model_dir), *map(str, inputs), "--out", str(tmp_path / f"out{next(outs)}"),
+                     *args]) == 0
+
+    pace = translate.eager_seconds_a_pixel(load_model(str(model_dir)).G_AB, "fp32")
+    assert 0 < pace < 1e-3, pace  # the tiny model's time a pixel, timed for real
+    cached_now = False
+    run(clip)
+    assert started == []  # 6,144 pixels, milliseconds of eager work: a compile would cost far more
+    monkeypatch.setattr(translate, "eager_seconds_a_pixel", lambda net, precision: 1.0)  # a second a pixel
+    monkeypatch.setattr(translate, "PAYS_AFTER", 2 * 64 * 48 + sizes[0] + 1)
+    run(clip, images[0])
+    assert started == []  # one pixel short
+    run(clip, tmp_path / "images")
     assert started == [(1, "auto", "auto", True)]  # compiled (or loaded) before the first file
-    assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "b")]) == 0
-    assert len(started) == 1  # one image: not worth a compile
-    assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "c"), "--backend", "compile",
-                 "--cycle", "--precision", "fp32"]) == 0
-    assert started[1] == (2, "compile", "fp32", True)  # both generators for --cycle
+    cached_now = True
+    run(images[0], args=("--cycle",))
+    assert started[1:] == [(2, "auto", "auto", True)]  # cached: any job, both generators for --cycle
+    cached_now = False
+    run(images[0], args=("--backend", "compile", "--precision", "fp32"))
+    assert started[2:] == [(1, "compile", "fp32", True)]  # asked for: compiled whatever the job
+    run(images[0], args=("--backend", "eager"))
+    assert len(started) == 3 and cached == [1, 1, 1, 2]  # eager and compile never ask the cache
 
 
 def test_bad_model_or_input_is_one_line(model_dir, tmp_path, capsys):
