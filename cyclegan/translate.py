@@ -4,6 +4,7 @@ The app's video endpoint uses `translate_video` from here."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -175,12 +176,13 @@ def pixels(jobs: list[tuple[Path, Path]], enough: float) -> int:
     return total
 
 
-def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, cycle: bool, precision: str) -> None:
+def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, cycle: bool, precision: str,
+                   progress: Callable[[int, int], object] | None = None) -> None:
     """One image (or video) into `target`, in the format of its extension; with `cycle` also F(G(x))
-    beside it as NAME.rec.EXT (images only)."""
+    beside it as NAME.rec.EXT (images only). `progress(done, total)` gets a video's frames."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.suffix.lower() in VIDEO_EXTENSIONS:
-        translate_video(model, source, target.with_suffix(".mp4"), direction, precision)
+        translate_video(model, source, target.with_suffix(".mp4"), direction, precision, progress=progress)
         return
     x = load_rgb(source)
     outputs = model.cycle(x, direction, precision=precision) if cycle else (model.translate(x, direction, precision=precision),)
@@ -191,6 +193,11 @@ def translate_file(model: CycleGAN, source: Path, target: Path, direction: str, 
             write_atomic(path, lambda f: image.save(f, format=fmt, **options))
         except (OSError, ValueError, KeyError) as e:  # e.g. an extension PIL cannot write
             raise ImageError(f"{source}: cannot write {path.suffix} files ({one_line(e, 200)})") from None
+
+
+def show_frames(bar, done: int, total: int) -> None:
+    bar.total, bar.n = total, done
+    bar.refresh()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,11 +236,17 @@ def main(argv: list[str] | None = None) -> int:
                        log=lambda line: print(line, file=sys.stderr))
     failed = 0
     for source, target in tqdm(jobs, unit="file", desc="translating"):
+        # A video's frames get a bar of their own under the files' (a long one is minutes of one file).
+        frames = tqdm(unit="frame", desc=source.name, leave=False) if source.suffix.lower() in VIDEO_EXTENSIONS else None
         try:
-            translate_file(model, source, target, args.direction, args.cycle, args.precision)
+            translate_file(model, source, target, args.direction, args.cycle, args.precision,
+                           progress=None if frames is None else functools.partial(show_frames, frames))
         except (ImageError, VideoError, OSError) as e:
             failed += 1
             tqdm.write(f"skipped {source}: {one_line(e).removeprefix(f'{source}: ')}", file=sys.stderr)
+        finally:
+            if frames is not None:
+                frames.close()
     print(f"{len(jobs) - failed} of {len(jobs)} files translated into {args.out}"
           + (f"; {failed} skipped" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

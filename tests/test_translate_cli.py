@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,13 @@ def test_a_folder_with_spaces_keeps_names_paths_and_sizes(model_dir, tmp_path, c
     assert psnr(Image.open(tmp_path / "one" / "a horse.rec.png"), rec) == math.inf
 
 
-def test_videos_keep_frames_size_and_rate(model_dir, tmp_path):
+def test_videos_keep_frames_size_and_rate(model_dir, tmp_path, capsys):
     clip = write_video(tmp_path / "clip one.mp4")
     odd = write_video(tmp_path / "odd.mkv", frames=5, size=(63, 47), codec="ffv1", rate=10)
     assert main(["--model", str(model_dir), str(clip), str(odd), "--out", str(tmp_path / "out")]) == 0
+    bars = capsys.readouterr().err.replace("\r", "\n")  # a bar of frames under the files' for each video
+    assert re.search(r"^clip one\.mp4: +100%.* 8/8 \[", bars, re.M) and re.search(r"^odd\.mkv: +100%.* 5/5 \[", bars, re.M)
+    assert re.search(r"^translating: 100%.* 2/2 \[", bars, re.M), bars
     assert read_video(tmp_path / "out" / "clip one.mp4") == ("h264", 8, 64, 48, 12.0)
     assert read_video(tmp_path / "out" / "odd.mp4") == ("h264", 5, 64, 48, 10.0)  # even sides for H.264
     model = load_model(str(model_dir))
