@@ -24,10 +24,10 @@ from .inference import PRECISIONS, run_any_size
 from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-# "auto" compiles only for jobs that repay it. On 2 idle Zen 4 cores a first compile took 51 s (preview)
-# / 57 s (paper size) and was repaid after 293 / 76 frames of 640×480: 110 / 143 s of eager work by the
-# estimate below (benchmarks/serving.py --only video, docs/performance.md). Packages already cached load
-# in milliseconds and serve any job.
+# "auto" compiles only for jobs that repay it. On 2 idle Zen 4 cores a first compile took 51-52 s (preview)
+# / 57-63 s (paper size) and was repaid after 293-332 / 76-82 frames of 640×480: 110-133 / 138-143 s of
+# eager work by the estimate below (benchmarks/serving.py --only video, docs/performance.md). Packages
+# already cached load in milliseconds and serve any job.
 PAYS_AFTER = 120  # seconds of eager work a generator
 AUTHORS = "authors:"  # authors:horse2zebra = the generators the CycleGAN authors published, converted
 
