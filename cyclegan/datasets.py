@@ -8,6 +8,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 from .files import download, move_into_place
 
@@ -26,13 +27,13 @@ def domains_from_name(name: str) -> tuple[str, str] | None:
 
 
 def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_url: str = DATASETS_URL,
-                     sha256: str | None = None) -> Path:
+                     sha256: str | None = None, stop: Callable[[], bool] | None = None) -> Path:
     """Download and extract `{base_url}/{name}.zip` into `data_dir/name` and return that folder.
 
     An extracted copy with trainA/ and trainB/ is reused. An interrupted download is resumed by the
     next call (files.download); the zip is checked (sha256 when given, CRC of every member)
     before extraction, which happens in a temporary folder moved into place at the end
-    (files.move_into_place: an incomplete earlier copy is replaced).
+    (files.move_into_place: an incomplete earlier copy is replaced). `stop` is files.download's.
     """
     data_dir = Path(data_dir)
     target = data_dir / name
@@ -43,7 +44,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike = "datasets", base_u
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / f"{name}.zip"
     if not archive.exists():
-        download(f"{base_url.rstrip('/')}/{name}.zip", archive)
+        download(f"{base_url.rstrip('/')}/{name}.zip", archive, stop=stop)
     try:
         if sha256 is not None:
             digest = hashlib.sha256(archive.read_bytes()).hexdigest()

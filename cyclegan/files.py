@@ -72,15 +72,21 @@ class DownloadError(ConnectionError, RuntimeError):
     """A download that failed: the message names the URL and why."""
 
 
+class DownloadStopped(DownloadError):
+    """A download stopped on request; its `.part` file is kept for a resume."""
+
+
 def one_line(error: BaseException, limit: int = 500) -> str:
     """An exception's message on one line, at most `limit` characters: for `error: ...` lines."""
     return " ".join(str(error).split())[:limit]
 
 
-def download(url: str, target: str | os.PathLike, timeout: float = 60) -> Path:
+def download(url: str, target: str | os.PathLike, timeout: float = 60,
+             stop: Callable[[], bool] | None = None) -> Path:
     """Download `url` to `target` with a progress bar. The bytes go to `target.part` first, which a
     later call resumes (HTTP Range; a server that ignores Range sends the whole file again), and the
-    file is renamed into place only when complete. Failures raise DownloadError naming the URL."""
+    file is renamed into place only when complete. Failures raise DownloadError naming the URL;
+    `stop()`, asked as the bytes come, ends it early with DownloadStopped."""
     import urllib.error
     import urllib.request
 
@@ -107,9 +113,14 @@ def download(url: str, target: str | os.PathLike, timeout: float = 60) -> Path:
             try:
                 with open(part, "ab" if done else "wb") as f, tqdm(total=total, initial=done, unit="B",
                                                                     unit_scale=True, desc=target.name) as bar:
-                    while chunk := response.read(1 << 20):
+                    while chunk := response.read1(1 << 20):  # what has come, up to 1 MB
                         f.write(chunk)
                         bar.update(len(chunk))
+                        if stop is not None and stop():
+                            raise DownloadStopped(f"stopped during the download of {url}: the {bar.n / 1e6:.1f} MB "
+                                                  f"received are kept, and the next try goes on from there")
+            except DownloadStopped:
+                raise
             except OSError as e:  # timeouts and dropped connections; the .part file is kept for a resume
                 raise DownloadError(f"cannot download {url}: {e}") from None
         if total is not None and part.stat().st_size != total:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def tiny_model() -> CycleGAN:
 
 @pytest.fixture
 def zip_server(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tiny.zip (official layout) and broken.zip; supports Range
-    (416 past the end), except below /norange/, where it always sends the whole file."""
+    """An HTTP server on 127.0.0.1 serving tiny.zip (official layout), big.zip (the same with a 270 kB
+    image) and broken.zip; supports Range (416 past the end), except below /norange/, where it always
+    sends the whole file; below /slow/ at 100 kB/s."""
     served = tmp_path / "served"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -138,13 +140,22 @@ def zip_server(tmp_path):
             zf.writestr(f"tiny/{folder}/0.png", image.getvalue())
     served.mkdir()
     (served / "tiny.zip").write_bytes(buf.getvalue())
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    shutil.copy(served / "tiny.zip", served / "big.zip")
+    with zipfile.ZipFile(served / "big.zip", "a") as zf:
+        image = io.BytesIO()
+        noise.save(image, "PNG")
+        zf.writestr("big/trainA/1.png", image.getvalue())
+        for name in zf.namelist():
+            if name.startswith("tiny/"):
+                zf.writestr(name.replace("tiny/", "big/", 1), zf.read(name))
     (served / "broken.zip").write_bytes(b"PK\x03\x04 this is not really a zip" * 10)
     requests = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self):
             requests.append((self.path, self.headers.get("Range")))
-            name = self.path.removeprefix("/norange").lstrip("/")
+            name = self.path.removeprefix("/norange").removeprefix("/slow").lstrip("/")
             data = (served / name).read_bytes() if (served / name).exists() else None
             if data is None:
                 self.send_error(404)
@@ -157,7 +168,14 @@ def zip_server(tmp_path):
             self.send_response(206 if start else 200)
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            self.wfile.write(data[start:])
+            pace = 2048 if self.path.startswith("/slow/") else len(data)
+            try:
+                for at in range(start, len(data), pace):
+                    self.wfile.write(data[at:at + pace])
+                    self.wfile.flush()
+                    time.sleep(0.02 if pace < len(data) else 0)
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                pass
 
         def log_message(self, *args):
             pass

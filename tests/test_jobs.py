@@ -181,6 +181,26 @@ def test_a_dataset_is_downloaded_and_checked_before_training(tmp_path, zip_serve
     assert s["state"] == "failed" and s["message"].startswith("…/broken.zip: downloaded file is not a valid zip")
 
 
+def test_a_stop_during_the_download_keeps_what_came_and_the_resume_goes_on(tmp_path, zip_server):
+    url, _, requests = zip_server
+    jobs = Jobs(tmp_path / "runs", threads=1, datasets_url=url + "/slow")  # 100 kB/s
+    run = jobs.start("quick", True, 2, dataset="big", **TINY_JOB)["run"]
+    part = tmp_path / "runs" / ".datasets" / "big.zip.part"
+    jobs.wait(lambda s: part.is_file() and part.stat().st_size > 0 or s["state"] in ENDED, 60)
+    jobs.stop()
+    s = ended(jobs, timeout=30)
+    kept = part.stat().st_size
+    assert s["state"] == "stopped" and s["message"].startswith(f"stopped during the download of {url}/slow/big.zip: "
+                                                               f"the ") and s["message"].endswith("; no checkpoint was written")
+    assert 0 < kept < len((tmp_path / "served" / "big.zip").read_bytes()) / 2  # stopped well before the end
+    jobs.wait(lambda s: jobs.running() is None, 10)
+    assert jobs.resume()["run"] == run
+    s = ended(jobs)
+    assert (s["state"], s["step"]) == ("finished", 2)
+    assert requests[-1] == ("/slow/big.zip", f"bytes={kept}-")  # went on from what was kept
+    assert Image.open(tmp_path / "runs" / ".datasets" / "big" / "trainA" / "1.png").size == (300, 300)
+
+
 def test_status_before_any_job_and_names_that_are_not_runs(jobs):
     assert jobs.status() == {"state": "idle", "run": None, "step": 0, "total_steps": 0, "steps_per_s": None,
                              "eta_s": None, "message": "no training job yet", "model": None}

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..files import one_line
+from ..files import DownloadStopped, one_line
 from ..runstatus import LOG, log_tail, read_status, write_status
 from .control import JOB, process_start, read_request, stop_requests, write_request
 
@@ -27,7 +27,8 @@ def fetch_dataset(folder: Path, flags: list[str]) -> None:
 
     given = dict(zip(flags[::2], flags[1::2]))
     say(folder, "preparing", f"downloading {given['--dataset']}")
-    data = download_dataset(given["--dataset"], given["--data-dir"], given.get("--dataset-url", DATASETS_URL))
+    data = download_dataset(given["--dataset"], given["--data-dir"], given.get("--dataset-url", DATASETS_URL),
+                            stop=lambda: stop_requests(folder) > 0)
     report = check_folder(data, int(os.environ.get("CYCLEGAN_MAX_PIXELS", 40_000_000)), names=f"{data.name}/")
     write_request(folder, {**read_request(folder), "data": report.summary()})
     say(folder, "preparing", report.summary())
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             last_word(folder, 0, True, None)
             return 0
         return supervise(folder, flags, args.stop_timeout)
+    except DownloadStopped as e:  # a Stop during the download: Resume downloads the rest
+        say(folder, "stopped", f"{one_line(e, 300)}; no checkpoint was written", exit_code=0)
+        return 0
     except Exception as e:  # the data could not be fetched or checked, or the trainer not started
         with open(folder / LOG, "a") as log:
             log.write(f"error: {one_line(e)}\n")
