@@ -445,8 +445,8 @@ def build_demo() -> gr.Blocks:
                         f"{MAX_VIDEO_PIXELS / 1e6:g} million frame pixels (e.g. "
                         f"{MAX_VIDEO_PIXELS / (640 * 480 * 30):.0f} s of 640×480 at 30 frames/s).")
         if TRAINING:
-            refresh, shown = train_tab.build(model, list(MODELS))
-            demo.load(refresh, None, shown, api_visibility="private", queue=False)
+            refresh, seen, shown = train_tab.build(model, list(MODELS))
+            demo.load(refresh, seen, shown, api_visibility="private", queue=False)
         with gr.Accordion("About these models", open=False):
             gr.Markdown(about(MODELS))
         with gr.Accordion("More options", open=False):

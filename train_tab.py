@@ -212,17 +212,39 @@ def latest_samples(run: str | None) -> Image.Image | None:
         return None
 
 
-def view(model_choices: list[str]):
+def files_shown(run: str | None) -> tuple:
+    """What the plot and the sample grid are drawn from: losses.csv's and the newest grid's name, size and
+    time of change."""
+    if run is None:
+        return None, None
+    folder = jobs().folder(run)
+    grids = sorted((folder / "samples").glob("step_*.png"))
+    stamps = []
+    for path in (folder / "losses.csv", grids[-1] if grids else None):
+        try:
+            stat = path.stat()
+            stamps.append((path.name, stat.st_size, stat.st_mtime_ns))
+        except (AttributeError, OSError):  # none yet
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def view(model_choices: list[str], seen: tuple | None = None):
     """Everything the tab shows of the current or last job, the Translate tab's model list, and which of
     Start, Stop and Resume can be pressed: Stop while a job is active, Start and Resume (of the last run)
-    when none is."""
+    when none is. The loss plot and the sample grid are sent again only where their files changed since
+    this page's last refresh (`seen`, returned last): a long run's curves are thousands of points."""
     s = train_status()
     run, active = s.get("run"), s.get("state") in ACTIVE
     runs = jobs().runs()
-    return (progress_html(s), loss_curves(run), latest_samples(run), "\n".join((s.get("log") or [])[-8:]),
+    now = (run, *files_shown(run))
+    changed = [seen is None or seen[0] != run or seen[i] != now[i] for i in (1, 2)]
+    return (progress_html(s), loss_curves(run) if changed[0] else gr.skip(),
+            latest_samples(run) if changed[1] else gr.skip(), "\n".join((s.get("log") or [])[-8:]),
             s.get("command") or "", s.get("data") or "", gr.Dropdown(choices=runs, value=run if run in runs else None),
             gr.Dropdown(choices=model_choices + run_models(runs)), gr.Timer(active=active),
-            gr.Button(interactive=not active), gr.Button(interactive=active), gr.Button(interactive=bool(run) and not active))
+            gr.Button(interactive=not active), gr.Button(interactive=active), gr.Button(interactive=bool(run) and not active),
+            now)
 
 
 def recipe_text(recipe: str) -> str:
@@ -370,9 +392,10 @@ def build(model: gr.Dropdown, model_choices: list[str]):
             gr.Button(visible=False).click(fn, inputs, status, api_name=name, concurrency_id="train",
                                            concurrency_limit=1)
 
-    shown = [progress, plot, samples, log, command, data, runs, model, timer, start, stop, resume]
+    seen = gr.State()  # what this page's plot and grid show (view)
+    shown = [progress, plot, samples, log, command, data, runs, model, timer, start, stop, resume, seen]
     refresh = functools.partial(view, model_choices)
-    gr.on([timer.tick], refresh, None, shown, api_visibility="private", show_progress="hidden", queue=False)
+    gr.on([timer.tick], refresh, seen, shown, api_visibility="private", show_progress="hidden", queue=False)
     recipe.change(lambda key: [recipe_text(key), *sizes(key)], recipe, [recipe_info, crop, load, batch],
                   api_visibility="private", queue=False)
     estimate_button.click(estimate, [zip_in, recipe, identity, steps, crop, load, batch], estimate_out,
@@ -380,8 +403,8 @@ def build(model: gr.Dropdown, model_choices: list[str]):
     for button, fn, inputs in ((start, page_start, [zip_in, dataset, recipe, identity, steps, crop, load, batch]),
                                (stop, train_stop, []), (resume, train_resume, [steps])):
         button.click(fn, inputs, None, api_visibility="private", concurrency_id="train",
-                     concurrency_limit=1).then(refresh, None, shown, api_visibility="private", queue=False)
-    delete.click(delete_run, runs, None, api_visibility="private").then(refresh, None, shown, queue=False,
+                     concurrency_limit=1).then(refresh, seen, shown, api_visibility="private", queue=False)
+    delete.click(delete_run, runs, None, api_visibility="private").then(refresh, seen, shown, queue=False,
                                                                          api_visibility="private")
     push.click(push_run, [runs, repo], pushed, api_visibility="private")
-    return refresh, shown
+    return refresh, seen, shown

@@ -148,3 +148,34 @@ def test_the_estimate_times_steps_here_and_counts_the_zips_images(tmp_path, monk
                                                                                               32, 36, 1, steps=1))
     finally:
         train_tab.jobs.cache_clear()
+
+
+def test_the_plot_and_the_grid_are_sent_again_only_when_their_files_change(tmp_path, monkeypatch):
+    """Each page refreshes every 2 s: a long run's loss curves (thousands of points) and its sample grid
+    go out only when losses.csv or the newest grid changed since that page's last refresh."""
+    from PIL import Image
+
+    monkeypatch.setenv("CYCLEGAN_RUNS", str(tmp_path / "runs"))
+    folder = tmp_path / "runs" / "r1"
+    (folder / "samples").mkdir(parents=True)
+    (folder / "request.json").write_text("{}")
+    monkeypatch.setattr(train_tab, "train_status", lambda: {"run": "r1", "state": "running", "step": 2, "total_steps": 9})
+    losses = folder / "losses.csv"
+    losses.write_text("step,G_AB,G_BA,cycle_A,cycle_B,D_A,D_B\n2,1,1,2,2,0.5,0.5\n")
+    Image.new("RGB", (12, 8)).save(folder / "samples" / "step_000002.png")
+    skip = gr.skip()
+
+    first = train_tab.view([], None)  # a page's first refresh: everything
+    assert len(first[1]) == 3 and first[1]["loss"].tolist() == [2.0, 4.0, 1.0] and first[2].size == (12, 8)
+    again = train_tab.view([], first[-1])
+    assert again[1] == skip and again[2] == skip and again[0] == first[0]  # the progress is always sent
+    with open(losses, "a") as f:
+        f.write("4,1,1,1,1,0.5,0.5\n")
+    grown = train_tab.view([], again[-1])
+    assert len(grown[1]) == 6 and grown[2] == skip
+    Image.new("RGB", (12, 8), "white").save(folder / "samples" / "step_000004.png")
+    newer = train_tab.view([], grown[-1])
+    assert newer[1] == skip and newer[2].getpixel((0, 0)) == (255, 255, 255)
+    assert train_tab.view([], None)[1] is not skip  # a reloaded page starts afresh
+    other = train_tab.view([], ("r0", *newer[-1][1:]))  # another run shown before: sent
+    assert len(other[1]) == 6 and other[2].size == (12, 8)
