@@ -438,6 +438,26 @@ def test_train_py_downloads_a_dataset(tmp_path, zip_server):
     assert (tmp_path / "ds" / "tiny" / "trainA").is_dir() and (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
+def test_ctrl_c_during_the_download_says_so_and_the_next_run_goes_on(tmp_path, zip_server):
+    url, _, requests = zip_server
+    args = [sys.executable, "train.py", "--dataset", "big", "--dataset-url", f"{url}/slow", "--data-dir",
+            str(tmp_path / "ds"), "--max-steps", "1", "--output", str(tmp_path / "run"), *TINY_FLAGS]
+    part = tmp_path / "ds" / "big.zip.part"
+    child = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)  # 100 kB/s: seconds
+    deadline = time.monotonic() + 120
+    while not (part.is_file() and part.stat().st_size > 0) and child.poll() is None:
+        assert time.monotonic() < deadline, "the download never began"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    err = child.communicate(timeout=60)[1]
+    assert child.returncode == 130 and "interrupted while fetching big; the next run goes on from what was received" in err
+    assert "Traceback" not in err and part.stat().st_size > 0
+    kept = part.stat().st_size
+    result = run(args[2:])
+    assert result.returncode == 0, result.stderr
+    assert requests[-1] == ("/slow/big.zip", f"bytes={kept}-") and (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
 def test_train_py_bad_data_is_a_one_line_error(tmp_path):
     result = run(["--dataroot", str(tmp_path / "nowhere"), *TINY_FLAGS])
     assert result.returncode == 1

@@ -30,7 +30,12 @@ def prepare_run(config: TrainConfig, main: bool = True, barrier=lambda: None) ->
     dataroot = config.dataroot
     if config.dataset and not dataroot:
         if main:
-            download_dataset(config.dataset, config.data_dir, config.dataset_url)
+            try:
+                download_dataset(config.dataset, config.data_dir, config.dataset_url)
+            except KeyboardInterrupt:  # what came is kept in a .part file: files.download
+                print(f"interrupted while fetching {config.dataset}; the next run goes on from what was received",
+                      file=sys.stderr)
+                raise
         barrier()
         dataroot = str(Path(config.data_dir) / config.dataset)
     if not dataroot:
