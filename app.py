@@ -37,6 +37,7 @@ from cyclegan.files import DownloadError, one_line, write_atomic
 from cyclegan.inference import cpu_precision
 from cyclegan.translate import AUTHORS, VideoError, load_model as load_any, translate_video as video_to_video, video_size
 import train_tab
+from train_tab import Refusal
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED_NAME = "horse2zebra preview (bundled)"
@@ -117,23 +118,23 @@ def get_model(choice: str | None, identity: bool) -> tuple[CycleGAN, str]:
         return train_tab.run_model(choice)
     entry = MODELS.get(choice)
     if entry is None and not ALLOW_ANY:
-        raise gr.Error(f"Unknown model {choice!r}: choose one of {', '.join(map(repr, MODELS))}")
+        raise Refusal(f"Unknown model {choice!r}: choose one of {', '.join(map(repr, MODELS))}")
     source = entry[bool(identity)] if entry else choice
     try:
         return load_model(source), label(source)
     except DownloadError as e:
-        raise gr.Error(f"The CycleGAN authors' weights could not be downloaded ({one_line(e, 200)}); "
+        raise Refusal(f"The CycleGAN authors' weights could not be downloaded ({one_line(e, 200)}); "
                        f"the other models still work.") from None
     except (OSError, ValueError) as e:
         print(f"cannot load {source}: {one_line(e)}", file=sys.stderr)
         detail = f": {one_line(e, 300)}" if ALLOW_ANY else "; the other models still work"
-        raise gr.Error(f"Model {choice!r} cannot be loaded{detail}") from None
+        raise Refusal(f"Model {choice!r} cannot be loaded{detail}") from None
 
 
 def check_upload(path, name: str) -> None:
     """The images' and videos' own size limit, where Gradio's is raised for the Train tab's zips."""
     if MAX_UPLOAD > MAX_FILE_SIZE and isinstance(path, str) and os.path.getsize(path) > MAX_FILE_SIZE:
-        raise gr.Error(f"{name} is {os.path.getsize(path) / 2 ** 20:.0f} MB, above the limit of "
+        raise Refusal(f"{name} is {os.path.getsize(path) / 2 ** 20:.0f} MB, above the limit of "
                        f"{MAX_FILE_SIZE / 2 ** 20:.0f} MB")
 
 
@@ -177,15 +178,15 @@ def on_device(fn, *args):
 def run_cycle(image: str | None, direction: str, identity: bool, model: str | None, large: str):
     """x, G(x), F(G(x)) and the one-line summary of a request, or a gr.Error that says what is wrong."""
     if image is None:
-        raise gr.Error("Upload an image first.")
+        raise Refusal("Upload an image first.")
     if direction not in ("A2B", "B2A"):
-        raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
+        raise Refusal(f"direction must be 'A2B' or 'B2A', not {direction!r}")
     name = Path(image).name if isinstance(image, str) else "image"
     check_upload(image, name)
     try:
         x = load_rgb(image, max_pixels=MAX_PIXELS)
     except ImageError as e:
-        raise gr.Error(f"Cannot use {name}: {str(e).split(': ', 1)[-1]}") from None
+        raise Refusal(f"Cannot use {name}: {str(e).split(': ', 1)[-1]}") from None
     net, name = get_model(model, identity)
     start = time.perf_counter()
     fake, rec = on_device(cycle, net, x, direction, large)
@@ -292,9 +293,9 @@ def translate_video(video: str | None, direction: str = "A2B", identity: bool = 
         the translated mp4
     """
     if video is None:
-        raise gr.Error("Upload a video first.")
+        raise Refusal("Upload a video first.")
     if direction not in ("A2B", "B2A"):
-        raise gr.Error(f"direction must be 'A2B' or 'B2A', not {direction!r}")
+        raise Refusal(f"direction must be 'A2B' or 'B2A', not {direction!r}")
     check_upload(video, Path(video).name)
     net, _ = get_model(model, identity)
     out = Path(tempfile.mkdtemp(dir=WORK.name)) / f"{Path(video).stem}-{direction}.mp4"
@@ -302,7 +303,7 @@ def translate_video(video: str | None, direction: str = "A2B", identity: bool = 
         return str(translate_frames(net, video, out, direction,
                                     lambda done, total: progress((done, total), desc="frames", unit="frames")))
     except VideoError as e:  # the upload's name, not its path on the server
-        raise gr.Error(str(e).replace(str(video), Path(video).name)) from None
+        raise Refusal(str(e).replace(str(video), Path(video).name)) from None
 
 
 def about(models: dict[str, dict[bool, str]]) -> str:

@@ -26,6 +26,15 @@ RUN_PREFIX = "run: "  # how /translate names a run's model
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+class Refusal(gr.Error):
+    """What the app (both tabs) answers a request it cannot do: a bad upload, an unknown model, a login
+    missing. The visitor reads the message; the server's log gets it as one line, not a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, print_exception=False)
+        print(f"refused: {' '.join(message.split())[:300]}", file=sys.stderr, flush=True)
+
+
 def parse_size(text: str) -> int:
     """"25mb", "2gb", "500kb" or a number of bytes; units of 1024, as Gradio reads its max_file_size."""
     text = text.strip().lower()
@@ -68,10 +77,10 @@ def check_access(profile: gr.OAuthProfile | None) -> None:
         return
     allowed = owners()
     if profile is None:
-        raise gr.Error(f"Training here needs a Hugging Face login as {' or '.join(sorted(allowed)) or 'an owner'}.")
+        raise Refusal(f"Training here needs a Hugging Face login as {' or '.join(sorted(allowed)) or 'an owner'}.")
     names = {profile.get("preferred_username")} | {o.get("preferred_username") for o in profile.get("orgs") or []}
     if not names & allowed:
-        raise gr.Error(f"{profile.get('preferred_username')} may not train here: only {', '.join(sorted(allowed))}.")
+        raise Refusal(f"{profile.get('preferred_username')} may not train here: only {', '.join(sorted(allowed))}.")
 
 
 @functools.cache
@@ -105,11 +114,11 @@ def run_model(choice: str) -> tuple[CycleGAN, str]:
         folder = jobs().folder(name) / "model"
         saved = (folder / "model.safetensors").stat().st_mtime_ns
     except (ValueError, OSError):
-        raise gr.Error(f"Unknown model {choice!r}: no run of that name has saved a model") from None
+        raise Refusal(f"Unknown model {choice!r}: no run of that name has saved a model") from None
     try:
         return _load(str(folder), saved), choice
     except (OSError, ValueError) as e:  # caught between two saves: the previous one is read next time
-        raise gr.Error(f"Model {choice!r} cannot be loaded now ({one_line(e, 200)}); try again") from None
+        raise Refusal(f"Model {choice!r} cannot be loaded now ({one_line(e, 200)}); try again") from None
 
 
 # ---- the API: one output each, the status ----------------------------------------------------
@@ -132,7 +141,7 @@ def train_start(zip: str | None, dataset: str, recipe: str, identity: bool, max_
         return jobs().start(recipe, bool(identity), int(max_steps or 0), zip_path=zip or None, dataset=dataset or "",
                             **changes)
     except (DataError, ValueError) as e:
-        raise gr.Error(str(e)) from None
+        raise Refusal(str(e)) from None
 
 
 def train_status() -> dict:
@@ -152,7 +161,7 @@ def train_resume(max_steps: int, profile: gr.OAuthProfile | None = None) -> dict
     try:
         return jobs().resume(int(max_steps or 0))
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise Refusal(str(e)) from None
 
 
 # ---- what the page shows ---------------------------------------------------------------------
@@ -271,7 +280,7 @@ def estimate(zip: str | None, recipe: str, identity: bool, max_steps, crop, load
         values = recipes.settings(recipe, identity, int(max_steps or 0), crop_size=crop or None,
                                   load_size=load or None, batch_size=batch or None)
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise Refusal(str(e)) from None
     seconds = recipes.seconds_per_step(values, threads=jobs().threads, steps=steps)
     largest = zip_largest_domain(zip)
     total = recipes.total_steps(values, largest) if largest else values.get("max_steps")
@@ -296,11 +305,11 @@ def _has_cuda() -> bool:
 def delete_run(run: str | None, profile: gr.OAuthProfile | None = None) -> None:
     check_access(profile)
     if not run:
-        raise gr.Error("Choose a run first.")
+        raise Refusal("Choose a run first.")
     try:
         jobs().delete(run)
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise Refusal(str(e)) from None
     gr.Info(f"{run} deleted")
 
 
@@ -313,17 +322,17 @@ def push_run(run: str | None, repo_id: str, profile: gr.OAuthProfile | None = No
 
     check_access(profile)
     if not run or not repo_id.strip():
-        raise gr.Error("Choose a run and give a Hub repo id (yourname/model-name).")
+        raise Refusal("Choose a run and give a Hub repo id (yourname/model-name).")
     token = oauth_token.token if oauth_token is not None else None
     if login_required() and token is None:
-        raise gr.Error("Pushing needs your Hugging Face login with write access.")
+        raise Refusal("Pushing needs your Hugging Face login with write access.")
     folder = jobs().folder(run) / "model"
     if not folder.is_dir():
-        raise gr.Error(f"{run} has saved no model yet.")
+        raise Refusal(f"{run} has saved no model yet.")
     try:
         url = push(str(folder), repo_id.strip(), token=token)
     except Exception as e:  # the Hub's answer (no rights, bad name) in one line, never the token
-        raise gr.Error(f"Push failed: {one_line(e, 300)}") from None
+        raise Refusal(f"Push failed: {one_line(e, 300)}") from None
     return f"Pushed {run} to [{html.escape(repo_id.strip())}]({url})"
 
 

@@ -19,13 +19,13 @@ def push(folder: str, repo_id: str, private: bool = False, dtype: str = "float16
     Returns the commit URL."""
     from huggingface_hub import get_token
 
-    token = token or get_token()
-    # Say what is missing before any work: the Hub itself would answer with a bare 401.
-    if token is None:
-        raise PermissionError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)")
-    if not Path(folder).is_dir():
+    if not Path(folder).is_dir():  # the user's own mistake first, then what the Hub needs
         raise FileNotFoundError(f"{folder}: no such model folder")
     model = CycleGAN.from_pretrained(folder)
+    token = token or get_token()
+    # Say what is missing before any upload: the Hub itself would answer with a bare 401.
+    if token is None:
+        raise PermissionError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)")
     card = Path(folder) / CARD_NAME
     keep = card.is_file() and not regenerate_card
     return model.push_to_hub(repo_id, private=private, token=token, dtype=dtype,

@@ -22,6 +22,7 @@ from .data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .files import move_into_place, one_line, write_atomic
 from .inference import PRECISIONS, run_any_size
 from .model import CONFIG_NAME, DIRECTIONS, WEIGHTS_NAME, CycleGAN
+from .training.recipe import resolve_device
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 # "auto" compiles only for jobs that repay it. On 2 idle Zen 4 cores a first compile took 51-52 s (preview)
@@ -215,22 +216,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="the CPU's fast path: auto (where measured faster; compiled for jobs of %d s of eager work or "
                              "more, used for any job once cached), eager, or compile (default: $CYCLEGAN_BACKEND, "
                              "else auto)" % PAYS_AFTER)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda, cuda:N or mps (default: CUDA where there is one, else the CPU)")
     args = parser.parse_args(argv)
     try:
         backends.backend_setting(args.backend)
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out}: is a file; give a folder (made if missing)")
         jobs = plan(args.inputs, args.out)
         videos = any(source.suffix.lower() in VIDEO_EXTENSIONS for source, _ in jobs)
         if videos:
             if message := missing_extra("video", ["av"]):  # before any work, not at the first video
                 print(f"{parser.prog}: {message}", file=sys.stderr)
                 return 1
-        model = load_model(args.model, device=args.device)
+        device = resolve_device(args.device)
+        model = load_model(args.model, device=device)
     except (OSError, ValueError) as e:  # DownloadError is an OSError
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     generators = list(model.generators(args.direction))[:2 if args.cycle else 1]
-    if args.device == "cpu" and (args.backend == "compile" or (args.backend == "auto" and (
+    if device.type == "cpu" and (args.backend == "compile" or (args.backend == "auto" and (
             backends.ready(generators, args.precision) or repays_a_compile(generators[0], jobs, args.precision)))):
         backends.start(generators, args.backend, args.precision, blocking=True,
                        log=lambda line: print(line, file=sys.stderr))

@@ -310,3 +310,6 @@ def test_push_without_token_fails_before_uploading(tiny_model, tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: no Hugging Face token") and result.stderr.count("\n") == 1
     assert result.stdout == ""
+    result = subprocess.run([sys.executable, "-m", "cyclegan.hub", "push", str(tmp_path / "typo"), "me/tiny"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and result.stderr == f"error: {tmp_path / 'typo'}: no such model folder\n"  # first

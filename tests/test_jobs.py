@@ -68,12 +68,13 @@ def zombies() -> list[int]:
     return pids
 
 
-def test_a_job_stops_with_a_checkpoint_and_resumes_to_its_target(jobs, tiny_zip, monkeypatch):
+def test_a_job_stops_with_a_checkpoint_and_resumes_to_its_target(jobs, tiny_zip, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")  # the app's token stays out of the job's environment
     started = jobs.start("quick", True, 40, zip_path=str(tiny_zip), save_every=1000, **TINY_JOB)
     run = started["run"]
     assert started["state"] == "preparing" and started["message"].startswith("starting: images: trainA 6, trainB 6")
-    assert started["command"].startswith(f"python train.py --dataroot runs/{run}/data --output runs/{run} --ngf 8")
+    runs = tmp_path / "runs"  # as given to Jobs: the command names the folder the run is in
+    assert started["command"].startswith(f"python train.py --dataroot {runs}/{run}/data --output {runs}/{run} --ngf 8")
     s = running_at(jobs, 4)
     assert s["state"] == "running" and s["total_steps"] == 40 and s["steps_per_s"] > 0
     assert b"hf_secret" not in Path(f"/proc/{s['pid']}/environ").read_bytes()

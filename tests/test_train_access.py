@@ -179,3 +179,13 @@ def test_the_plot_and_the_grid_are_sent_again_only_when_their_files_change(tmp_p
     assert train_tab.view([], None)[1] is not skip  # a reloaded page starts afresh
     other = train_tab.view([], ("r0", *newer[-1][1:]))  # another run shown before: sent
     assert len(other[1]) == 6 and other[2].size == (12, 8)
+
+
+def test_a_refusal_reaches_the_log_as_one_line(capsys):
+    """Both tabs refuse with train_tab.Refusal: the visitor gets the message, the server's log one line
+    instead of Gradio's 30-line traceback for each bad upload."""
+    error = train_tab.Refusal("Cannot use notes.png: not an image file\n(or an unsupported format)")
+    assert isinstance(error, gr.Error) and error.print_exception is False
+    assert capsys.readouterr().err == "refused: Cannot use notes.png: not an image file (or an unsupported format)\n"
+    for source in ("app.py", "train_tab.py"):
+        assert "raise gr.Error(" not in (ROOT / source).read_text(), source

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cyclegan import backends, convert, translate
@@ -172,6 +173,17 @@ def test_bad_model_or_input_is_one_line(model_dir, tmp_path, capsys):
     assert main(["--model", str(model_dir), str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: ") and err[1] == f"error: {tmp_path / 'missing.jpg'}: no such file or folder"
+    image = make_images(tmp_path / "images", 1)[0]
+    (tmp_path / "a file").write_text("")
+    for flags, said in ((["--out", str(tmp_path / "a file")], f"--out {tmp_path / 'a file'}: is a file; give a folder"),
+                        (["--out", str(tmp_path / "o"), "--device", "foo"], "--device foo: not a device here; choose cpu"),
+                        (["--out", str(tmp_path / "o"), "--device", "cuda:99"], "--device cuda:99: "),
+                        (["--out", str(tmp_path / "o"), "--device", "mps"] if not torch.backends.mps.is_available()
+                         else ["--device", "foo"], "--device ")):
+        assert main(["--model", str(model_dir), str(image), *flags]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1, err  # one line, no traceback
+    assert not (tmp_path / "o").exists()
 
 
 def test_authors_weights_are_converted_once_and_say_bsd(authors_server, tmp_path, monkeypatch):  # noqa: F811

@@ -80,6 +80,7 @@ class Jobs:
     def __init__(self, root: str | os.PathLike, threads: int = 1, niceness: int = 10, max_bytes: int = 20 << 30,
                  limits: Limits | None = None, datasets_url: str | None = None, stop_timeout: float = 600) -> None:
         self.root = Path(root).resolve()
+        self.shown_root = Path(root)  # as the operator gave it: the commands the page shows name it so
         self.threads, self.niceness, self.max_bytes = threads, niceness, max_bytes
         self.limits, self.datasets_url, self.stop_timeout = limits or Limits(), datasets_url, stop_timeout
 
@@ -168,7 +169,7 @@ class Jobs:
                 raise
             data = request.pop("flags")
             request.update(recipe=recipe, settings=values, target=values.get("max_steps", 0),
-                           command=recipes.command(request["shown"], f"runs/{name}", values),
+                           command=recipes.command(request["shown"], str(self.shown_root / name), values),
                            flags=[*data, "--output", str(folder), *recipes.flags(values)])
             request["starting"] = f"starting: {request.get('data') or 'dataset ' + dataset}"
             write_request(folder, request)
@@ -178,7 +179,7 @@ class Jobs:
         if zip_path:
             report = unpack_zip(Path(zip_path), folder / "data", self.limits)
             return {"data": report.summary(), "flags": ["--dataroot", str(folder / "data")],
-                    "shown": ["--dataroot", f"runs/{folder.name}/data"]}
+                    "shown": ["--dataroot", str(self.shown_root / folder.name / "data")]}
         from ..datasets import DATASETS
         if dataset not in DATASETS and not (self.datasets_url and NAME.fullmatch(dataset)):  # another server's names
             raise ValueError(f"dataset {dataset!r} is not an official CycleGAN dataset: choose one of {', '.join(DATASETS)}")

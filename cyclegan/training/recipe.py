@@ -93,16 +93,28 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, decay_epochs: int) -
 
 
 def resolve_device(name: str) -> torch.device:
-    """--device NAME: "auto" is CUDA, else MPS, else the CPU; CUDA is this process's GPU (LOCAL_RANK under torchrun)."""
+    """--device NAME: "auto" is CUDA, else MPS, else the CPU; CUDA is this process's GPU (LOCAL_RANK under
+    torchrun) unless NAME gives one (cuda:1). A name torch does not know or a device this machine lacks is
+    a one-line ValueError naming it."""
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if name == "auto":
-        mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if name != "cuda":
-        return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: not a device here; choose cpu, cuda, cuda:N or mps")
+    if device.type == "mps" and not mps:
+        raise ValueError(f"--device {name}: no Apple GPU (MPS) is available")
+    if device.type != "cuda":
+        return device
     if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    index = int(os.environ.get("LOCAL_RANK", 0)) if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
 
 
 def choose_amp(config: TrainConfig, device: torch.device, G: torch.nn.Module, recorded: str | None = None,
