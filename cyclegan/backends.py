@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import networks
+from . import aoti, networks
 from .files import locked, move_into_place, one_line
 from .inference import FAST_PATHS, autocast_dtype, in_precision
 from .networks import Generator
@@ -187,18 +187,25 @@ def load(package: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """The compiled generator in `package`. Straight through torch's loader: `aoti_load_package` would
     import Inductor (1.1 s of the interpreter lock) and probe the CPU's vector instructions by compiling
     with g++ (1.2 s here, 12 s with an empty temp folder) in the serving process, to log a warning that
-    the cache key (`package_path`) already rules out. A package that fails to load is deleted, so that
-    the next start compiles it again."""
+    the cache key (`package_path`) already rules out. Called through the library's C entry points where
+    it can be (aoti.NativeModel: without the interpreter lock), else through the loader, which holds it.
+    A package that fails to load is deleted, so that the next start compiles it again."""
     try:
-        loader = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
-    except RuntimeError:
-        with locked(package.with_suffix(".lock")):
-            for path in (package, package.with_suffix(".json")):
-                path.unlink(missing_ok=True)
-        raise
+        run = aoti.NativeModel(package)
+    except (OSError, ValueError, RuntimeError, AttributeError) as e:  # AttributeError: an entry point missing
+        warn_once(f"fast path: packages called through torch's loader, which holds the interpreter lock "
+                  f"during a pass ({one_line(e, 200)})")
+        try:
+            loader = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
+        except RuntimeError:
+            with locked(package.with_suffix(".lock")):
+                for path in (package, package.with_suffix(".json")):
+                    path.unlink(missing_ok=True)
+            raise
+        run = lambda x: loader.run([x])[0]  # noqa: E731
     with contextlib.suppress(OSError):  # a read-only cache serves as well
         os.utime(package)  # recently used: the last the cache forgets
-    return lambda x: loader.run([x])[0]
+    return run
 
 
 def load_package(fast: FastPath) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
