@@ -1,7 +1,8 @@
 """The fast path where it serves (cyclegan/backends.py): `python app.py` with the default backend beside
 CYCLEGAN_BACKEND=eager and beside a model-less Gradio app with the same six outputs
 (benchmarks/modelless_app.py), one client, requests alternated, 256 px inputs varied, after the fast path
-is ready; each app's first request and its time to the fast path from a cold and a warm compile cache;
+is ready; another visitor's page loads beside a long translation; each app's first request and its
+time to the fast path from a cold and a warm compile cache;
 and a 640×480 video's frames per second, eager against the fast path. Prints markdown tables and writes
 benchmarks/serving.json.
 
@@ -132,6 +133,43 @@ def bench_requests(env: dict, images: list[Path], folder: Path, rounds: int, spi
     return out
 
 
+def bench_visitors(env: dict, data: Path, folder: Path, loads: int = 40) -> dict:
+    """Another visitor during a long translation: one client translates a 1024×1024 photo again and
+    again while another fetches the page's /config every 0.2 s; its latency, default app against eager
+    (each alone). A pass that held Python's interpreter lock kept the page waiting for seconds."""
+    import threading
+    import urllib.request
+    from gradio_client import handle_file
+    photo = folder / "photo-1024.png"
+    sample_photo(data, 1024, 1024).save(photo)
+    out = {}
+    for name, extra in (("default", {}), ("CYCLEGAN_BACKEND=eager", {"CYCLEGAN_BACKEND": "eager"})):
+        with app(f"visitors-{len(out)}", folder, **env, **extra) as (url, log, _):
+            if not extra:
+                wait_for(log, READY)
+            client, running, translations, page = connect(url), [True], [], []
+            client.predict(handle_file(str(photo)), "A2B", True, api_name="/translate")  # warm
+
+            def translate():
+                while running[0]:
+                    translations.append(call(client, photo)[0])
+            worker = threading.Thread(target=translate)
+            worker.start()
+            time.sleep(1)
+            for _ in range(loads):
+                start = time.perf_counter()
+                urllib.request.urlopen(f"{url}/config", timeout=60).read()
+                page.append(time.perf_counter() - start)
+                time.sleep(0.2)
+            running[0] = False
+            worker.join()
+        out[name] = {"page_s": {**stats(page), "max": max(page)}, "translation_1024_s": stats(translations)}
+        print(f"{name}: /config p50 {out[name]['page_s']['median'] * 1000:.0f} ms, p95 "
+              f"{out[name]['page_s']['p95'] * 1000:.0f}, max {max(page) * 1000:.0f} ms beside 1024 px translations "
+              f"of {out[name]['translation_1024_s']['median']:.2f} s")
+    return out
+
+
 def bench_first_requests(env: dict, image: Path, folder: Path, rounds: int) -> dict:
     """Each app's first request, right after it answers its page (the default's fast path compiling
     meanwhile, from an empty compile cache: the longest it competes), fresh processes alternated."""
@@ -207,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "datasets" / "horse2zebra")
     parser.add_argument("--paper", action="store_true", help="the paper-size model (ngf 64, 9 blocks) instead of the preview")
-    parser.add_argument("--only", default="requests,first,restarts,video", help="comma-separated parts (default: all)")
+    parser.add_argument("--only", default="requests,visitors,first,restarts,video",
+                        help="comma-separated parts (default: all)")
     parser.add_argument("--rounds", type=int, default=12, help="request rounds (default: %(default)s)")
     parser.add_argument("--spin", action="store_true", help="also both apps with OpenMP's default spinning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serving.json")
@@ -242,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.spin:
                 spin = q["CYCLEGAN_BACKEND=eager, OpenMP spinning"]["latency_s"]["median"] / q["default, OpenMP spinning"]["latency_s"]["median"]
                 print(f"both spinning, default against eager: {spin:.2f}x at p50")
+        if "visitors" in parts:
+            r["visitors"] = bench_visitors(env, args.data, folder)
         if "first" in parts:
             r["first_request"] = f = bench_first_requests(env, images[0], folder, 2)
             print("first request (s, median of fresh starts): "
