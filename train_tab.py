@@ -11,6 +11,7 @@ import html
 import os
 import sys
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image
@@ -207,15 +208,18 @@ def loss_curves(run: str | None):
     return pd.DataFrame(rows, columns=["step", "loss", "term"]) if rows else None
 
 
+def newest_grid(run: str | None) -> Path | None:
+    """The run's newest sample grid (samples/step_*.png), or None before its first."""
+    grids = sorted((jobs().folder(run) / "samples").glob("step_*.png")) if run is not None else []
+    return grids[-1] if grids else None
+
+
 def latest_samples(run: str | None) -> Image.Image | None:
     """The newest sample grid, as an image (sent as data: the runs folder is never served)."""
-    if run is None:
-        return None
-    grids = sorted((jobs().folder(run) / "samples").glob("step_*.png"))
-    if not grids:
+    if (grid := newest_grid(run)) is None:
         return None
     try:
-        with Image.open(grids[-1]) as im:
+        with Image.open(grid) as im:
             return im.convert("RGB")
     except OSError:  # written as we read: the next refresh shows it
         return None
@@ -223,18 +227,16 @@ def latest_samples(run: str | None) -> Image.Image | None:
 
 def files_shown(run: str | None) -> tuple:
     """What the plot and the sample grid are drawn from: losses.csv's and the newest grid's name, size and
-    time of change."""
+    time of change (None for a file not there yet)."""
     if run is None:
         return None, None
-    folder = jobs().folder(run)
-    grids = sorted((folder / "samples").glob("step_*.png"))
     stamps = []
-    for path in (folder / "losses.csv", grids[-1] if grids else None):
+    for path in (jobs().folder(run) / "losses.csv", newest_grid(run)):
         try:
-            stat = path.stat()
-            stamps.append((path.name, stat.st_size, stat.st_mtime_ns))
-        except (AttributeError, OSError):  # none yet
-            stamps.append(None)
+            stat = path.stat() if path is not None else None
+        except OSError:
+            stat = None
+        stamps.append(None if stat is None else (path.name, stat.st_size, stat.st_mtime_ns))
     return tuple(stamps)
 
 

@@ -168,12 +168,14 @@ def zip_server(tmp_path):
             self.send_response(206 if start else 200)
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            pace = 2048 if self.path.startswith("/slow/") else len(data)
+            slow = self.path.startswith("/slow/")
+            pace = 2048 if slow else len(data)
             try:
                 for at in range(start, len(data), pace):
                     self.wfile.write(data[at:at + pace])
                     self.wfile.flush()
-                    time.sleep(0.02 if pace < len(data) else 0)
+                    if slow:
+                        time.sleep(0.02)
             except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
                 pass
 
