@@ -128,8 +128,11 @@ def bottom(driver: webdriver.Chrome, element: WebElement) -> float:
     return driver.execute_script("return arguments[0].getBoundingClientRect().bottom + window.scrollY", element)
 
 
-def examples(driver: webdriver.Chrome) -> list[WebElement]:
-    """The example thumbnails (rows of the examples table), in order."""
+def examples(driver: webdriver.Chrome, timeout: float = 30) -> list[WebElement]:
+    """The example thumbnails (rows of the examples table), in order, once the table has rendered: on a
+    loaded machine it comes after the upload box that `open_page` waits for."""
+    WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples tr.tr-body"),
+                                         "the examples did not appear")
     return driver.find_elements(By.CSS_SELECTOR, "#examples tr.tr-body")
 
 

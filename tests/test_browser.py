@@ -117,7 +117,7 @@ def test_the_result_is_on_the_screen_after_an_example_and_after_translate(server
     open_page(browser, server)
     for how in ("example", "translate"):
         if how == "example":
-            translate(browser, click=WebDriverWait(browser, 30).until(lambda d: examples(d))[0])
+            translate(browser, click=examples(browser)[0])
         else:
             open_and_upload(browser, server, picture, "horse → zebra")
             translate(browser)
